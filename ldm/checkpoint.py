@@ -1,0 +1,69 @@
+"""Loading this project's checkpoints, with clear errors for a missing file or a wrong stage.
+
+Lightning checkpoints here hold only plain Python types and tensors, so they load with
+``torch.load(weights_only=True)``; ``ldm_stage`` says which stage wrote them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STAGES = ("autoencoder", "diffusion")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot serve the purpose it was given for."""
+
+
+def read_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict[str, Any]:
+    """The checkpoint dict at `path`, checked to come from `expected_stage` when given."""
+    path = Path(path)
+    if not path.is_file():
+        hint = (
+            " (a run writes it to <run dir>/checkpoints/last.ckpt)" if expected_stage == "diffusion" else ""
+        )
+        raise FileNotFoundError(f"checkpoint not found: {path}{hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    stage = checkpoint.get("ldm_stage") if isinstance(checkpoint, dict) else None
+    if stage not in STAGES:
+        raise CheckpointError(f"{path} is not an ldm checkpoint (it has no 'ldm_stage' entry)")
+    if expected_stage is not None and stage != expected_stage:
+        what = {"autoencoder": "a stage-1 autoencoder", "diffusion": "a stage-2 latent diffusion"}
+        raise CheckpointError(
+            f"{path} is {what[stage]} checkpoint, but {what[expected_stage]} checkpoint is needed"
+        )
+    return checkpoint
+
+
+def autoencoder_weights(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(autoencoder hparams, KLAutoencoder state dict) from a stage-1 or stage-2 checkpoint."""
+    prefix = "autoencoder." if checkpoint["ldm_stage"] == "autoencoder" else "first_stage_model."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return checkpoint["hyper_parameters"]["autoencoder"], state
+
+
+def load_autoencoder(path: str | Path):
+    """A KLAutoencoder with the weights of a stage-1 checkpoint (or of a stage-2 one's first stage)."""
+    from ldm.autoencoder.model import KLAutoencoder
+    from ldm.config import AutoencoderConfig
+
+    hparams, state = autoencoder_weights(read_checkpoint(path))
+    model = KLAutoencoder.from_config(AutoencoderConfig(**hparams))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_latent_diffusion(path: str | Path):
+    """A LatentDiffusionModule with the weights of a stage-2 checkpoint, in eval mode."""
+    from ldm.diffusion.module import LatentDiffusionModule
+
+    checkpoint = read_checkpoint(path, expected_stage="diffusion")
+    module = LatentDiffusionModule.from_hparams(checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    return module.eval()

@@ -1,0 +1,1 @@
+"""Conditioners: what the U-Net attends to."""

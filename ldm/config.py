@@ -1,0 +1,291 @@
+"""Typed configuration for every Hydra group, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` are merged onto these dataclasses, so a misspelt or unknown key
+is rejected when the config is composed, before anything is built. Each field carries a
+one-line description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class AutoencoderConfig:
+    """KL-regularised autoencoder (the SD/LDM first stage) and how stage 1 trains it."""
+
+    embed_dim: int = 4
+    """Channels of the latent z (SD: 4)."""
+    z_channels: int = 4
+    """Channels at the encoder output, before quant_conv."""
+    resolution: int = 256
+    """Image side the network is built for (sets which levels get attention)."""
+    in_channels: int = 3
+    """Image channels in."""
+    out_channels: int = 3
+    """Image channels out."""
+    ch: int = 128
+    """Base channel count of the encoder and decoder."""
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    """Channel multiplier per level; len - 1 downsamplings, so f = 2 ** (len - 1)."""
+    num_res_blocks: int = 2
+    """Residual blocks per level."""
+    attn_resolutions: list[int] = field(default_factory=list)
+    """Feature-map sides at which to add self-attention (the mid block always has one)."""
+    dropout: float = 0.0
+    """Dropout in the residual blocks."""
+    norm_groups: int = 32
+    """GroupNorm groups (SD: 32; weights load whatever the value; tiny networks want fewer)."""
+    reconstruction: str = "l1"
+    """Reconstruction distance: l1 (LDM) or l2."""
+    kl_weight: float = 1e-6
+    """Weight of the KL term against the reconstruction loss."""
+    learning_rate: float = 4.5e-6
+    """Adam learning rate for stage 1."""
+    max_steps: int = 50_000
+    """Optimizer steps of stage 1."""
+    batch_size: Optional[int] = None
+    """Per-device batch size of stage 1 (null: data.batch_size)."""
+    ckpt_path: Optional[str] = None
+    """A trained autoencoder (this project's stage-1 checkpoint): stage 1 is skipped and it is used frozen."""
+
+
+@dataclass
+class UNetConfig:
+    """The latent U-Net with cross-attention (SD 2.x layout)."""
+
+    in_channels: int = 4
+    """Latent channels in."""
+    out_channels: int = 4
+    """Latent channels out."""
+    model_channels: int = 320
+    """Base channel count."""
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    """Channel multiplier per level."""
+    num_res_blocks: int = 2
+    """Residual blocks per level."""
+    attention_resolutions: list[int] = field(default_factory=lambda: [4, 2, 1])
+    """Downsampling factors (1, 2, 4, ...) at which spatial transformers are added."""
+    num_head_channels: int = 64
+    """Channels per attention head (SD 2); used when num_heads is -1."""
+    num_heads: int = -1
+    """Attention heads per transformer (SD 1: 8); -1 derives them from num_head_channels."""
+    transformer_depth: int = 1
+    """Transformer blocks per spatial transformer."""
+    context_dim: int = 1024
+    """Width of the text tokens attended to (must match the conditioner)."""
+    use_linear_in_transformer: bool = True
+    """Linear (SD 2) instead of 1x1-conv (SD 1) projections in and out of the transformer."""
+    dropout: float = 0.0
+    """Dropout in residual blocks."""
+    use_checkpoint: bool = False
+    """Gradient checkpointing of residual and transformer blocks."""
+    attention_backend: str = "sdpa"
+    """Attention implementation: sdpa, xformers or math."""
+
+
+@dataclass
+class ConditionerConfig:
+    """Frozen open_clip text encoder whose per-token states feed cross-attention."""
+
+    arch: str = "ViT-H-14"
+    """open_clip model name, or 'custom' for the text tower described by the fields below."""
+    pretrained: Optional[str] = "laion2b_s32b_b79k"
+    """open_clip pretrained tag (from the local cache), a local weights file, or null for random weights."""
+    layer: str = "penultimate"
+    """Which hidden states to return: penultimate (SD 2) or last."""
+    context_length: int = 77
+    """Tokens per caption."""
+    width: int = 1024
+    """custom arch: transformer width."""
+    heads: int = 16
+    """custom arch: attention heads."""
+    layers: int = 24
+    """custom arch: transformer layers."""
+    init_seed: int = 0
+    """Seed for random initialisation (pretrained: null)."""
+    caption_dropout: float = 0.1
+    """Probability that a training caption is replaced by the empty prompt (for classifier-free guidance)."""
+
+
+@dataclass
+class DiffusionConfig:
+    """The diffusion objective on latents and how stage 2 trains the U-Net."""
+
+    num_timesteps: int = 1000
+    """Training timesteps of the discrete schedule."""
+    beta_schedule: str = "scaled_linear"
+    """Beta schedule: linear or scaled_linear."""
+    linear_start: float = 0.00085
+    """First beta."""
+    linear_end: float = 0.012
+    """Last beta."""
+    parameterization: str = "eps"
+    """What the U-Net predicts: eps (v and x0 come later)."""
+    scale_factor: Optional[float] = None
+    """Latent scale; null computes 1/std of latents from the training data (LDM's scale_by_std)."""
+    scale_batches: int = 8
+    """Batches used to estimate the scale factor."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate of the U-Net."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    lr_schedule: str = "constant"
+    """Learning rate after warm-up: constant, or cosine decay to zero at max_steps."""
+    max_steps: int = 100_000
+    """Optimizer steps of stage 2."""
+    batch_size: Optional[int] = None
+    """Per-device batch size of stage 2 (null: data.batch_size)."""
+
+
+@dataclass
+class SamplerConfig:
+    """How images are drawn from a trained model."""
+
+    name: str = "ddim"
+    """Sampler function, from ldm.samplers.SAMPLERS."""
+    steps: int = 50
+    """Denoising steps."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance scale (1 = no guidance)."""
+    eta: float = 0.0
+    """DDIM eta: 0 is deterministic, 1 is DDPM-like ancestral noise."""
+    spacing: str = "trailing"
+    """Which training timesteps the steps visit: trailing, leading or linspace."""
+
+
+@dataclass
+class DataConfig:
+    """Where training images and captions come from (webdataset shards)."""
+
+    name: str = "shapes"
+    """Data set: shapes (built-in synthetic set, generated on first use)."""
+    root: str = "data/shapes"
+    """Folder where the shapes shards are written and read."""
+    resolution: int = 32
+    """Image side in pixels."""
+    seed: int = 0
+    """Seed of the synthetic set (the same seed always gives the same images)."""
+    num_train: int = 20_000
+    """Training images in the synthetic set."""
+    num_val: int = 512
+    """Validation images in the synthetic set."""
+    samples_per_shard: int = 1_000
+    """Images per tar shard when writing the synthetic set."""
+    batch_size: int = 32
+    """Batch size per device."""
+    num_workers: int = 1
+    """DataLoader worker processes."""
+    shuffle_buffer: int = 1_000
+    """Samples held in the streaming shuffle buffer."""
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed to the Lightning Trainer of both stages."""
+
+    accelerator: str = "auto"
+    """cpu, gpu or auto."""
+    devices: Any = "auto"
+    """Devices per node."""
+    num_nodes: int = 1
+    """Nodes."""
+    precision: str = "32-true"
+    """Lightning precision string (bf16-mixed on GPU)."""
+    log_every_n_steps: int = 25
+    """Logging interval in steps."""
+    val_check_interval: Optional[int] = None
+    """Validate every N training steps (null: at the end of each stage)."""
+    limit_val_batches: int = 4
+    """Validation batches per validation run."""
+    sample_every_n_steps: int = 0
+    """Log a sample grid every N diffusion steps (0: only at the end)."""
+    sample_prompts: list[str] = field(default_factory=lambda: ["a photograph of an astronaut riding a horse"])
+    """Prompts of the training sample grids (one row each)."""
+    checkpoint_every_n_steps: int = 1000
+    """Write <stage dir>/checkpoints/last.ckpt every N steps (and always at the end)."""
+    enable_progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    gradient_clip_val: Optional[float] = 1.0
+    """Clip gradients to this norm (null: no clipping)."""
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics and images go."""
+
+    kind: str = "csv"
+    """csv, tensorboard or wandb."""
+    project: str = "ldm"
+    """W&B project."""
+    name: Optional[str] = None
+    """Run name (default: the run directory's name)."""
+    offline: bool = False
+    """W&B offline mode."""
+
+
+@dataclass
+class TrainConfig:
+    """The root config of ``python -m ldm.train``."""
+
+    stage: str = "all"
+    """all (autoencoder then diffusion), autoencoder, or diffusion."""
+    seed: int = 0
+    """Global seed."""
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    denoiser: UNetConfig = field(default_factory=UNetConfig)
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas so that conf/config.yaml and the group files are checked against them."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, node in [
+        ("autoencoder", AutoencoderConfig),
+        ("denoiser", UNetConfig),
+        ("conditioner", ConditionerConfig),
+        ("sampler", SamplerConfig),
+        ("data", DataConfig),
+        ("trainer", TrainerConfig),
+        ("logger", LoggerConfig),
+    ]:
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def sampler_preset(
+    base: SamplerConfig,
+    name: Optional[str] = None,
+    *,
+    steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+) -> SamplerConfig:
+    """`base`, or the preset conf/sampler/<name>.yaml, with steps and guidance overridden when given."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    config = base
+    if name is not None:
+        path = CONF_DIR / "sampler" / f"{name}.yaml"
+        if not path.is_file():
+            available = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
+            raise ValueError(f"unknown sampler '{name}'; available: {', '.join(available)}")
+        merged = OmegaConf.merge(OmegaConf.structured(SamplerConfig), OmegaConf.load(path))
+        config = OmegaConf.to_object(merged)
+    overrides = {"steps": steps, "guidance_scale": guidance_scale}
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

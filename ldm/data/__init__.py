@@ -1,0 +1,1 @@
+"""Training data: the synthetic shapes set and the webdataset shard pipeline."""

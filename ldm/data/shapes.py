@@ -1,0 +1,445 @@
+"""The built-in synthetic "shapes" set: one filled, coloured shape on black, with a caption.
+
+Every image is determined by the seed, so a run can regenerate the same set anywhere. The set is
+written as webdataset tar shards (``KEY.png``, ``KEY.txt``, ``KEY.json``), the same format as real
+LAION shards, so that training reads it through the same streaming path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw
+from webdataset import TarWriter
+
+if TYPE_CHECKING:
+    from ldm.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255),
+    "cyan": (0, 255, 255),
+}
+"""Pure hues: each channel is 0 or 255, so anti-aliased edges on black keep the hue."""
+
+SHAPES = ("circle", "square", "triangle")
+
+TEMPLATES = (
+    "a {color} {shape}",
+    "a {size} {color} {shape}",
+    "a {color} {shape} {position}",
+    "a {size} {color} {shape} {position}",
+)
+"""Caption templates; the first is the plain form that the evaluator prompts with."""
+
+MIN_SIZE = 0.4
+MAX_SIZE = 0.8
+"""Bounds of the shape's side as a fraction of the image side."""
+
+SUPERSAMPLE = 4
+"""Shapes are drawn at this multiple of the resolution and box-filtered down (smooth edges)."""
+
+_SPLIT_STREAMS = {"train": 0, "val": 1}
+"""Each split draws from its own random stream, derived from the seed and this number."""
+
+_ROWS = ("top", "middle", "bottom")
+_COLUMNS = ("left", "center", "right")
+_POSITION_WORDS = {
+    ("top", "left"): "in the top left",
+    ("top", "center"): "at the top",
+    ("top", "right"): "in the top right",
+    ("middle", "left"): "on the left",
+    ("middle", "center"): "in the center",
+    ("middle", "right"): "on the right",
+    ("bottom", "left"): "in the bottom left",
+    ("bottom", "center"): "at the bottom",
+    ("bottom", "right"): "in the bottom right",
+}
+_VAL_EIGHTHS = 8
+"""One image in this many (by a hash of its pixels' parameters) is reserved for validation."""
+_PARALLEL_MIN_SAMPLES = 4_000
+"""Sets smaller than this are written in-process (starting workers would cost more than it saves)."""
+_MANIFEST = "manifest.json"
+_MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShapeLayout:
+    """Where and how one shape is drawn, in units of the supersampled canvas (resolution * 4)."""
+
+    shape: str
+    color: str
+    side: int
+    """Side of the shape's bounding box (width = height)."""
+    left: int
+    """Column of the bounding box's left edge."""
+    top: int
+    """Row of the bounding box's top edge."""
+    resolution: int
+    """Side of the final image in pixels."""
+    template: int
+    """Index into TEMPLATES of the caption form."""
+
+    @property
+    def size(self) -> float:
+        """Side of the shape as a fraction of the image side."""
+        return self.side / (self.resolution * SUPERSAMPLE)
+
+    @property
+    def cx(self) -> float:
+        """Horizontal centre as a fraction of the image width."""
+        return (self.left + self.side / 2) / (self.resolution * SUPERSAMPLE)
+
+    @property
+    def cy(self) -> float:
+        """Vertical centre as a fraction of the image height."""
+        return (self.top + self.side / 2) / (self.resolution * SUPERSAMPLE)
+
+
+@dataclass(frozen=True)
+class ShapeSample:
+    """One rendered example: the image, its caption and its metadata record."""
+
+    key: str
+    image: Image.Image
+    caption: str
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class ShapesShards:
+    """The shard files of a written shapes set (absolute paths, sorted)."""
+
+    train: list[str]
+    val: list[str]
+
+
+def size_word(size: float) -> str:
+    """small, medium or large: the third of [MIN_SIZE, MAX_SIZE] that the size fraction falls in."""
+    third = (MAX_SIZE - MIN_SIZE) / 3
+    if size < MIN_SIZE + third:
+        return "small"
+    if size < MIN_SIZE + 2 * third:
+        return "medium"
+    return "large"
+
+
+def position_words(cx: float, cy: float) -> str:
+    """Where the centre lies on a 3x3 grid of the image, e.g. "in the top left" or "in the center"."""
+    column = _COLUMNS[min(int(cx * 3), 2)]
+    row = _ROWS[min(int(cy * 3), 2)]
+    return _POSITION_WORDS[(row, column)]
+
+
+def caption_for(layout: ShapeLayout) -> str:
+    """The caption of a layout from its template; it always names the colour and the shape."""
+    return TEMPLATES[layout.template].format(
+        color=layout.color,
+        shape=layout.shape,
+        size=size_word(layout.size),
+        position=position_words(layout.cx, layout.cy),
+    )
+
+
+def metadata_for(layout: ShapeLayout) -> dict:
+    """The json record stored next to each image (width and height are the image's, in pixels)."""
+    return {
+        "shape": layout.shape,
+        "color": layout.color,
+        "size": layout.size,
+        "cx": layout.cx,
+        "cy": layout.cy,
+        "width": layout.resolution,
+        "height": layout.resolution,
+        "template": layout.template,
+    }
+
+
+def render_shape(layout: ShapeLayout) -> Image.Image:
+    """Draw the layout's filled shape on black at 4x and box-filter it down to an RGB image."""
+    canvas_side = layout.resolution * SUPERSAMPLE
+    canvas = Image.new("RGB", (canvas_side, canvas_side), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    fill = COLORS[layout.color]
+    # PIL's boxes include their last row and column, hence the - 1.
+    x0, y0 = layout.left, layout.top
+    x1, y1 = x0 + layout.side - 1, y0 + layout.side - 1
+    if layout.shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif layout.shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif layout.shape == "triangle":
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape '{layout.shape}'; available: {', '.join(SHAPES)}")
+    return canvas.resize((layout.resolution, layout.resolution), Image.Resampling.BOX)
+
+
+def _side_bounds(resolution: int) -> tuple[int, int]:
+    """Smallest and largest side, in supersampled pixels, whose fraction lies in [MIN_SIZE, MAX_SIZE]."""
+    canvas_side = resolution * SUPERSAMPLE
+    return math.ceil(MIN_SIZE * canvas_side), math.floor(MAX_SIZE * canvas_side)
+
+
+def split_of(layout: ShapeLayout) -> str:
+    """The split that a layout's image belongs to: a fixed pseudo-random eighth of all images is "val".
+
+    Partitioning the space of images (rather than drawing both splits freely) keeps train and val
+    disjoint whatever their sizes, and each split's images do not depend on the other's count.
+    """
+    identity = f"{layout.shape},{layout.color},{layout.side},{layout.left},{layout.top},{layout.resolution}"
+    return "val" if zlib.crc32(identity.encode("ascii")) % _VAL_EIGHTHS == 0 else "train"
+
+
+def _draw_layouts(rng: np.random.Generator, num: int, resolution: int, split: str) -> list[ShapeLayout]:
+    """Draw ``num`` random layouts of one split, uniformly among the images that belong to it."""
+    canvas_side = resolution * SUPERSAMPLE
+    low, high = _side_bounds(resolution)
+    colors = list(COLORS)
+    layouts: list[ShapeLayout] = []
+    while len(layouts) < num:
+        count = 2 * (num - len(layouts)) * (_VAL_EIGHTHS if split == "val" else 1)
+        shape = rng.integers(0, len(SHAPES), count)
+        color = rng.integers(0, len(colors), count)
+        side = rng.integers(low, high + 1, count)
+        # Positions uniform over the places where the whole box fits.
+        left = np.floor(rng.random(count) * (canvas_side - side + 1)).astype(int)
+        top = np.floor(rng.random(count) * (canvas_side - side + 1)).astype(int)
+        template = rng.integers(0, len(TEMPLATES), count)
+        for i in range(count):
+            layout = ShapeLayout(
+                shape=SHAPES[shape[i]],
+                color=colors[color[i]],
+                side=int(side[i]),
+                left=int(left[i]),
+                top=int(top[i]),
+                resolution=resolution,
+                template=int(template[i]),
+            )
+            if split_of(layout) == split:
+                layouts.append(layout)
+    return layouts[:num]
+
+
+def _split_rng(seed: int, split: str) -> np.random.Generator:
+    """The random stream of one split, derived from the set's seed."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAMS[split]]))
+
+
+def generate_shapes(num: int, *, resolution: int, seed: int, split: str = "train") -> Iterator[ShapeSample]:
+    """Render the first ``num`` samples of one split, exactly as ``write_shapes_dataset`` writes them."""
+    if split not in _SPLIT_STREAMS:
+        raise ValueError(f"unknown split '{split}'; available: {', '.join(_SPLIT_STREAMS)}")
+    if num < 0:
+        raise ValueError(f"num must be non-negative, got {num}")
+    _check_arguments(resolution=resolution, seed=seed, num_train=1, num_val=0, samples_per_shard=1)
+    for index, layout in enumerate(_draw_layouts(_split_rng(seed, split), num, resolution, split)):
+        yield _sample(index, layout)
+
+
+def _sample(index: int, layout: ShapeLayout) -> ShapeSample:
+    return ShapeSample(
+        key=f"{index:09d}",
+        image=render_shape(layout),
+        caption=caption_for(layout),
+        metadata=metadata_for(layout),
+    )
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def _check_arguments(
+    *, resolution: int, seed: int, num_train: int, num_val: int, samples_per_shard: int
+) -> None:
+    if resolution < 16:
+        raise ValueError(f"resolution must be at least 16 pixels, got {resolution}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if num_train < 1:
+        raise ValueError(f"num_train must be at least 1, got {num_train}")
+    if num_val < 0:
+        raise ValueError(f"num_val must be non-negative, got {num_val}")
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
+
+
+def _write_shard(path: Path, layouts: list[ShapeLayout], first_index: int) -> None:
+    """Write one tar shard of samples numbered from ``first_index``."""
+    # A fixed owner and mtime make the tar files themselves reproducible.
+    with open(path, "wb") as stream, TarWriter(stream, user="ldm", group="ldm", mtime=0) as writer:
+        for offset, layout in enumerate(layouts):
+            sample = _sample(first_index + offset, layout)
+            writer.write(
+                {
+                    "__key__": sample.key,
+                    "png": _png_bytes(sample.image),
+                    "txt": sample.caption.encode("utf-8"),
+                    "json": json.dumps(sample.metadata, sort_keys=True).encode("utf-8"),
+                }
+            )
+
+
+def _write_shards(jobs: list[tuple[Path, list[ShapeLayout], int]]) -> None:
+    """Run the shard-writing jobs, in forked worker processes when there is enough work to pay for them."""
+    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    total = sum(len(layouts) for _, layouts, _ in jobs)
+    if workers < 2 or total < _PARALLEL_MIN_SAMPLES or "fork" not in mp.get_all_start_methods():
+        for job in jobs:
+            _write_shard(*job)
+        return
+    # fork, not spawn: a spawned worker would spend longer importing torch than writing its shards.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+        for future in [pool.submit(_write_shard, *job) for job in jobs]:
+            future.result()
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    """The manifest of a complete set in ``folder``, or None if there is none or a listed shard is missing."""
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("version") != _MANIFEST_VERSION:
+        return None
+    if not all((folder / name).is_file() for name in manifest["train"] + manifest["val"]):
+        return None
+    return manifest
+
+
+def _shards_of(folder: Path, manifest: dict) -> ShapesShards:
+    return ShapesShards(
+        train=sorted(str(folder / name) for name in manifest["train"]),
+        val=sorted(str(folder / name) for name in manifest["val"]),
+    )
+
+
+def write_shapes_dataset(
+    root: str | Path, *, resolution: int, seed: int, num_train: int, num_val: int, samples_per_shard: int
+) -> ShapesShards:
+    """Write the shapes set under ``root`` as tar shards, or reuse it if a complete copy is there.
+
+    The set goes to ``{root}/{resolution}px-seed{seed}-n{num_train}-{num_val}/{train,val}/NNNNNN.tar``.
+    It is written into a temporary sibling folder whose manifest is written last, and renamed into
+    place when complete, so an interrupted run never leaves a set that looks finished.
+    """
+    _check_arguments(
+        resolution=resolution,
+        seed=seed,
+        num_train=num_train,
+        num_val=num_val,
+        samples_per_shard=samples_per_shard,
+    )
+    root = Path(root).resolve()
+    folder = root / f"{resolution}px-seed{seed}-n{num_train}-{num_val}"
+    arguments = {
+        "resolution": resolution,
+        "seed": seed,
+        "num_train": num_train,
+        "num_val": num_val,
+        "samples_per_shard": samples_per_shard,
+    }
+
+    manifest = _read_manifest(folder)
+    if manifest is not None:
+        _note_reuse(folder, manifest, samples_per_shard)
+        return _shards_of(folder, manifest)
+
+    logger.info(
+        "generating the shapes set: %d train + %d val images at %dpx into %s",
+        num_train,
+        num_val,
+        resolution,
+        folder,
+    )
+    started = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=root))
+    staging.chmod(0o755)  # mkdtemp makes it private; the finished set should be readable like any folder
+    try:
+        manifest = {"version": _MANIFEST_VERSION, **arguments}
+        jobs = []
+        for split, num in (("train", num_train), ("val", num_val)):
+            (staging / split).mkdir()
+            layouts = _draw_layouts(_split_rng(seed, split), num, resolution, split)
+            starts = range(0, num, samples_per_shard)
+            manifest[split] = [f"{split}/{shard:06d}.tar" for shard in range(len(starts))]
+            jobs += [
+                (staging / name, layouts[start : start + samples_per_shard], start)
+                for name, start in zip(manifest[split], starts, strict=True)
+            ]
+        _write_shards(jobs)
+        # The manifest is written last: its presence marks the set complete.
+        (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _move_into_place(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        raise RuntimeError(f"the shapes set at {folder} has no valid manifest after writing it")
+    logger.info("wrote the shapes set in %.1f s", time.perf_counter() - started)
+    return _shards_of(folder, manifest)
+
+
+def _move_into_place(staging: Path, folder: Path) -> None:
+    """Rename the finished staging folder to ``folder``; if another process got there first, keep theirs."""
+    if folder.exists() and _read_manifest(folder) is None:
+        # Not produced by a finished run of this function (which only ever renames complete sets).
+        logger.warning("replacing the incomplete shapes set at %s", folder)
+        shutil.rmtree(folder)
+    try:
+        os.rename(staging, folder)
+    except OSError:
+        if _read_manifest(folder) is None:
+            raise
+        # A concurrent writer (another rank) finished the same set first; the staging copy is dropped.
+
+
+def _note_reuse(folder: Path, manifest: dict, samples_per_shard: int) -> None:
+    if manifest["samples_per_shard"] != samples_per_shard:
+        logger.warning(
+            "reusing the shapes set at %s written with %d samples per shard, not %d "
+            "(the images are the same; delete the folder to reshard)",
+            folder,
+            manifest["samples_per_shard"],
+            samples_per_shard,
+        )
+    else:
+        logger.debug("reusing the shapes set at %s", folder)
+
+
+def ensure_shapes_dataset(cfg: DataConfig) -> ShapesShards:
+    """The shapes set described by a data config, generated on first use."""
+    return write_shapes_dataset(
+        cfg.root,
+        resolution=cfg.resolution,
+        seed=cfg.seed,
+        num_train=cfg.num_train,
+        num_val=cfg.num_val,
+        samples_per_shard=cfg.samples_per_shard,
+    )

@@ -1,0 +1,1 @@
+"""Diffusion on latents: noise schedules, parametrisations, the training objective."""

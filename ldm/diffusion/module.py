@@ -1,0 +1,148 @@
+"""LatentDiffusionModule: the Lightning wiring of stage 2.
+
+A frozen autoencoder encodes images to latents (times the scale factor), a frozen text encoder
+embeds captions (some dropped to the empty prompt, for classifier-free guidance), and the U-Net
+learns the denoising objective. Attribute names follow Stable Diffusion's checkpoints:
+``first_stage_model``, ``cond_stage_model``, ``model.diffusion_model``, ``scale_factor``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ldm.autoencoder.model import KLAutoencoder
+from ldm.conditioning.text import OpenCLIPTextEncoder
+from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
+from ldm.denoiser.unet import UNetModel
+from ldm.diffusion.objective import DiffusionObjective
+from ldm.diffusion.parametrization import DiscreteDenoiser
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, make_betas
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class LatentDiffusionModule(pl.LightningModule):
+    """Trains a text-conditioned U-Net on the latents of a frozen autoencoder."""
+
+    def __init__(
+        self,
+        *,
+        autoencoder: AutoencoderConfig,
+        denoiser: UNetConfig,
+        conditioner: ConditionerConfig,
+        diffusion: DiffusionConfig,
+        sampler: SamplerConfig,
+        image_size: int,
+    ):
+        super().__init__()
+        if denoiser.in_channels != autoencoder.embed_dim or denoiser.out_channels != autoencoder.embed_dim:
+            raise ValueError(
+                f"denoiser in/out channels ({denoiser.in_channels}/{denoiser.out_channels}) must equal the "
+                f"autoencoder's latent channels (autoencoder.embed_dim={autoencoder.embed_dim})"
+            )
+        if diffusion.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"unknown lr_schedule '{diffusion.lr_schedule}'; available: {', '.join(LR_SCHEDULES)}"
+            )
+        # Plain dicts only, so that checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "autoencoder": dataclasses.asdict(autoencoder),
+                "denoiser": dataclasses.asdict(denoiser),
+                "conditioner": dataclasses.asdict(conditioner),
+                "diffusion": dataclasses.asdict(diffusion),
+                "sampler": dataclasses.asdict(sampler),
+                "image_size": image_size,
+            }
+        )
+        self.diffusion_config = diffusion
+        self.sampler_config = sampler
+        self.caption_dropout = conditioner.caption_dropout
+        self.image_size = image_size
+
+        self.first_stage_model = KLAutoencoder.from_config(autoencoder).requires_grad_(False).eval()
+        self.cond_stage_model = OpenCLIPTextEncoder(conditioner)
+        if denoiser.context_dim != self.cond_stage_model.width:
+            raise ValueError(
+                f"denoiser.context_dim={denoiser.context_dim} but the text encoder's width is "
+                f"{self.cond_stage_model.width}; set them equal"
+            )
+        betas = make_betas(
+            diffusion.beta_schedule, diffusion.num_timesteps, diffusion.linear_start, diffusion.linear_end
+        )
+        alphas_cumprod = alphas_cumprod_from_betas(betas)
+        self.model = DiscreteDenoiser(
+            UNetModel.from_config(denoiser), alphas_cumprod, diffusion.parameterization
+        )
+        self.objective = DiffusionObjective(alphas_cumprod, diffusion.parameterization)
+        self.register_buffer("scale_factor", torch.tensor(diffusion.scale_factor or 1.0))
+
+    @classmethod
+    def from_hparams(cls, hparams: dict[str, Any]) -> LatentDiffusionModule:
+        """Rebuild the module (random weights) from a checkpoint's hyper_parameters."""
+        return cls(
+            autoencoder=AutoencoderConfig(**hparams["autoencoder"]),
+            denoiser=UNetConfig(**hparams["denoiser"]),
+            conditioner=ConditionerConfig(**hparams["conditioner"]),
+            diffusion=DiffusionConfig(**hparams["diffusion"]),
+            sampler=SamplerConfig(**hparams["sampler"]),
+            image_size=hparams["image_size"],
+        )
+
+    def train(self, mode: bool = True) -> LatentDiffusionModule:
+        """The autoencoder and text encoder stay frozen in eval mode."""
+        super().train(mode)
+        self.first_stage_model.eval()
+        return self
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents (a posterior sample, as LDM)."""
+        return self.first_stage_model.encode(images).sample() * self.scale_factor
+
+    def drop_captions(self, captions: list[str]) -> list[str]:
+        """Replace each caption by the empty prompt with probability caption_dropout."""
+        if self.caption_dropout <= 0:
+            return list(captions)
+        keep = torch.rand(len(captions)) >= self.caption_dropout
+        return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        z = self.encode_images(batch["image"])
+        context = self.cond_stage_model(self.drop_captions(batch["caption"]))
+        loss = self.objective(self.model.diffusion_model, z, context)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # A fixed generator per batch makes validation losses comparable across steps and runs.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        z = self.first_stage_model.encode(batch["image"]).mode() * self.scale_factor
+        context = self.cond_stage_model(batch["caption"])
+        loss = self.objective(self.model.diffusion_model, z, context, generator=generator)
+        self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.diffusion_config
+        optimizer = torch.optim.AdamW(
+            self.model.diffusion_model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+
+        def lr_lambda(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            if cfg.lr_schedule == "cosine":
+                progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ldm_stage"] = "diffusion"

@@ -1,0 +1,219 @@
+"""``python -m ldm.train``: compose the config with Hydra and train stage 1 and/or stage 2.
+
+Stage 1 trains the autoencoder (unless ``autoencoder.ckpt_path`` points at a trained one);
+stage 2 trains the U-Net on the frozen autoencoder's latents. ``stage=autoencoder`` or
+``stage=diffusion`` runs only one of them. A run directory holds::
+
+    config.yaml                         the resolved config
+    autoencoder/checkpoints/last.ckpt   stage 1
+    autoencoder/images/                 reconstruction grids
+    checkpoints/last.ckpt               stage 2 (what scripts/txt2img.py takes)
+    images/                             sample grids
+    logs/                               metrics (CSV, or the W&B run)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Optional
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from ldm.autoencoder.module import AutoencoderModule
+from ldm.callbacks import SampleGridCallback
+from ldm.checkpoint import autoencoder_weights, read_checkpoint
+from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, register_configs
+from ldm.data.shards import build_datamodule
+from ldm.diffusion.module import LatentDiffusionModule
+from ldm.diffusion.scaling import estimate_scale_factor
+from ldm.samplers import get_sampler
+
+log = logging.getLogger("ldm.train")
+
+STAGES = ("all", "autoencoder", "diffusion")
+LOGGERS = ("csv", "wandb")
+
+register_configs()
+
+
+def build_logger(cfg: LoggerConfig, run_dir: Path, stage: str) -> Logger:
+    """The metrics logger of one stage."""
+    if cfg.kind == "csv":
+        return CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
+    if cfg.kind == "wandb":
+        name = f"{cfg.name or run_dir.name}-{stage}"
+        return WandbLogger(project=cfg.project, name=name, save_dir=str(run_dir), offline=cfg.offline)
+    raise ValueError(f"unknown logger '{cfg.kind}'; available: {', '.join(LOGGERS)}")
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    """Where a stage writes checkpoints and images: the run dir itself for stage 2."""
+    return run_dir / "autoencoder" if stage == "autoencoder" else run_dir
+
+
+def build_trainer(
+    config: TrainConfig, run_dir: Path, stage: str, max_steps: int, callbacks: list
+) -> pl.Trainer:
+    """A Lightning Trainer for one stage."""
+    t = config.trainer
+    root_dir = stage_dir(run_dir, stage)
+    checkpointing = ModelCheckpoint(
+        dirpath=root_dir / "checkpoints",
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=0,
+        save_last=True,
+    )
+    return pl.Trainer(
+        default_root_dir=str(root_dir),
+        max_steps=max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        logger=build_logger(config.logger, run_dir, stage),
+        callbacks=[checkpointing, *callbacks],
+        log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=t.val_check_interval or max_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        gradient_clip_val=t.gradient_clip_val,
+        enable_progress_bar=t.enable_progress_bar,
+    )
+
+
+def train_autoencoder(config: TrainConfig, datamodule: pl.LightningDataModule, run_dir: Path) -> Path:
+    """Stage 1: fit the autoencoder; returns its checkpoint."""
+    root = stage_dir(run_dir, "autoencoder")
+    log.info("stage 1: training the autoencoder for %d steps in %s", config.autoencoder.max_steps, root)
+    module = AutoencoderModule(config.autoencoder)
+    datamodule.batch_size = config.autoencoder.batch_size or config.data.batch_size
+    trainer = build_trainer(config, run_dir, "autoencoder", config.autoencoder.max_steps, [])
+    trainer.fit(module, datamodule=datamodule)
+    path = root / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
+    log.info("stage 1 done: %s (validation: %s)", path, _metrics(trainer))
+    return path
+
+
+def _metrics(trainer: pl.Trainer) -> str:
+    return ", ".join(
+        f"{k}={v.item():.4g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+    )
+
+
+def load_pretrained_autoencoder(config: TrainConfig, path: str | Path) -> tuple[AutoencoderConfig, dict]:
+    """The architecture (from the checkpoint, overriding the config's) and weights of a trained autoencoder."""
+    hparams, state = autoencoder_weights(read_checkpoint(path))
+    training = {"ckpt_path", "kl_weight", "learning_rate", "max_steps", "batch_size", "reconstruction"}
+    arch = {f.name for f in fields(AutoencoderConfig)} - training
+    ae_config = AutoencoderConfig(**{**asdict(config.autoencoder), **{k: hparams[k] for k in arch}})
+    differing = sorted(k for k in arch if getattr(config.autoencoder, k) != hparams[k])
+    if differing:
+        log.info(
+            "autoencoder architecture taken from %s (differs from the config in: %s)",
+            path,
+            ", ".join(differing),
+        )
+    return ae_config, state
+
+
+def train_diffusion(
+    config: TrainConfig, datamodule: pl.LightningDataModule, run_dir: Path, autoencoder_ckpt: Path | str
+) -> Path:
+    """Stage 2: fit the U-Net on latents of the frozen autoencoder; returns the checkpoint."""
+    ae_config, ae_state = load_pretrained_autoencoder(config, autoencoder_ckpt)
+    module = LatentDiffusionModule(
+        autoencoder=ae_config,
+        denoiser=config.denoiser,
+        conditioner=config.conditioner,
+        diffusion=config.diffusion,
+        sampler=config.sampler,
+        image_size=config.data.resolution,
+    )
+    module.first_stage_model.load_state_dict(ae_state, strict=True)
+    datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
+    if config.diffusion.scale_factor is None:
+        datamodule.setup("fit")
+        images = (batch["image"] for batch in datamodule.train_dataloader())
+        scale = estimate_scale_factor(module.first_stage_model, images, config.diffusion.scale_batches)
+        module.scale_factor.fill_(scale)
+        log.info("latent scale factor 1/std = %.4f (from %d batches)", scale, config.diffusion.scale_batches)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info(
+        "stage 2: training the U-Net (%.2fM parameters) for %d steps",
+        n_params / 1e6,
+        config.diffusion.max_steps,
+    )
+    grids = SampleGridCallback(
+        config.trainer.sample_prompts, every_n_steps=config.trainer.sample_every_n_steps
+    )
+    trainer = build_trainer(config, run_dir, "diffusion", config.diffusion.max_steps, [grids])
+    trainer.fit(module, datamodule=datamodule)
+    path = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
+    log.info("stage 2 done: %s (validation: %s)", path, _metrics(trainer))
+    return path
+
+
+def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
+    """Train what `config.stage` asks for in `run_dir`; returns the checkpoints written."""
+    if config.stage not in STAGES:
+        raise ValueError(f"unknown stage '{config.stage}'; available: {', '.join(STAGES)}")
+    if config.stage == "diffusion" and not config.autoencoder.ckpt_path:
+        raise ValueError(
+            "stage=diffusion needs a trained autoencoder: set autoencoder.ckpt_path=<stage-1 checkpoint>"
+        )
+    # Fail now on what would otherwise fail only at the end of a long stage.
+    get_sampler(config.sampler.name)
+    if config.logger.kind not in LOGGERS:
+        raise ValueError(f"unknown logger '{config.logger.kind}'; available: {', '.join(LOGGERS)}")
+    if config.autoencoder.ckpt_path:
+        read_checkpoint(config.autoencoder.ckpt_path)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    pl.seed_everything(config.seed, workers=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = build_datamodule(config.data)
+    written: dict[str, Optional[Path]] = {"autoencoder": None, "diffusion": None}
+    autoencoder_ckpt = config.autoencoder.ckpt_path
+    if config.stage in ("all", "autoencoder") and not autoencoder_ckpt:
+        autoencoder_ckpt = written["autoencoder"] = train_autoencoder(config, datamodule, run_dir)
+    elif config.stage == "all":
+        log.info("stage 1 skipped: using the trained autoencoder %s", autoencoder_ckpt)
+    if config.stage in ("all", "diffusion"):
+        written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt)
+        log.info(
+            'sample with: python scripts/txt2img.py --ckpt %s --prompt "..." --outdir out/',
+            written["diffusion"],
+        )
+    return written
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    config: TrainConfig = OmegaConf.to_object(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        run(config, run_dir)
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("error: %s (set HYDRA_FULL_ERROR=1 for the traceback)", e)
+        log.debug("traceback", exc_info=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

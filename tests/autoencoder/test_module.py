@@ -1,0 +1,144 @@
+"""Tests for ldm/autoencoder/module.py."""
+
+import dataclasses
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from ldm.autoencoder.model import KLAutoencoder
+from ldm.autoencoder.module import AutoencoderModule
+from ldm.config import AutoencoderConfig
+
+
+def tiny_config(**overrides) -> AutoencoderConfig:
+    fields = dict(embed_dim=4, z_channels=4, resolution=32, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1)
+    return AutoencoderConfig(**{**fields, **overrides})
+
+
+def simple_images() -> torch.Tensor:
+    """Four 3x32x32 images in [-1, 1]: two gradients, a centred square, an 8-pixel checkerboard."""
+    ramp = torch.linspace(-1, 1, 32)
+    yy, xx = torch.meshgrid(ramp, ramp, indexing="ij")
+    square = ((xx.abs() < 0.5) & (yy.abs() < 0.5)).float() * 2 - 1
+    checker = ((torch.arange(32)[:, None] // 8 + torch.arange(32)[None] // 8) % 2).float() * 2 - 1
+    return torch.stack(
+        [
+            torch.stack([xx, yy, -xx]),
+            torch.stack([yy, torch.full_like(xx, -0.5), xx * yy]),
+            torch.stack([square, -square, 0.5 * square]),
+            torch.stack([checker, 0.3 * checker, -checker]),
+        ]
+    )
+
+
+class ImageDataset(Dataset):
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[index]}
+
+
+def test_latent_shape_and_bad_input():
+    module = AutoencoderModule(tiny_config())
+    posterior = module.autoencoder.encode(torch.randn(2, 3, 32, 32))
+    assert posterior.sample().shape == (2, 4, 8, 8)
+    try:
+        module.autoencoder.encode(torch.randn(2, 3, 30, 30))
+    except ValueError as error:
+        assert "not divisible by the autoencoder factor 4" in str(error)
+    else:
+        raise AssertionError("a 30x30 image must be rejected")
+
+
+def test_optimizer_reduces_reconstruction_error():
+    torch.manual_seed(0)
+    module = AutoencoderModule(tiny_config(learning_rate=1e-3))
+    optimizer = module.configure_optimizers()
+    assert optimizer.defaults["betas"] == (0.5, 0.9) and optimizer.defaults["lr"] == 1e-3
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(module.loss.logvar) in optimized and len(optimized) == len(list(module.parameters()))
+    x = simple_images()
+
+    def l1() -> float:
+        with torch.no_grad():
+            reconstructions, _ = module.autoencoder(x, sample_posterior=False)
+        return (reconstructions - x).abs().mean().item()
+
+    generator = torch.Generator().manual_seed(0)
+    before = l1()
+    for _ in range(20):
+        reconstructions, posterior = module.autoencoder(x, generator=generator)
+        loss, _ = module.loss(x, reconstructions, posterior)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = l1()
+    # Measured: 0.694 -> 0.305 (ratio 0.44) after 20 steps at lr 1e-3.
+    assert before > 0.5
+    assert after / before < 0.6
+
+
+def test_trainer_fit_writes_images_and_loadable_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(learning_rate=1e-3)
+    module = AutoencoderModule(config)
+    train = DataLoader(ImageDataset(simple_images()[:3]), batch_size=1)  # 3 steps: one epoch
+    # 5 validation images in batches of 2, 2, 1: the epoch PSNR must be the mean over images.
+    val_images = torch.cat([simple_images(), -simple_images()[:1]])
+    val = DataLoader(ImageDataset(val_images), batch_size=2)
+    trainer = pl.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=True,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    assert trainer.global_step == 3
+
+    # Only the real validation at step 3 saves a grid (not the sanity check): 2 rows of 2 images
+    # of 32 px with 2 px padding -> 70 x 70.
+    images = sorted((tmp_path / "images").iterdir())
+    assert [p.name for p in images] == ["reconstructions-step000003.png"]
+    with Image.open(images[0]) as grid:
+        assert grid.size == (70, 70)
+
+    module.eval()
+    with torch.no_grad():
+        reconstructions = module.autoencoder(val_images, sample_posterior=False)[0]
+    per_image_psnr = peak_signal_noise_ratio(
+        ((reconstructions + 1) / 2).clamp(0, 1),
+        (val_images + 1) / 2,
+        data_range=1.0,
+        dim=(1, 2, 3),
+        reduction="none",
+    )
+    metrics = trainer.callback_metrics
+    torch.testing.assert_close(metrics["val/psnr"], per_image_psnr.mean(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        metrics["val/rec_loss"], (reconstructions - val_images).abs().mean(), atol=1e-5, rtol=1e-5
+    )
+    assert {"train/loss", "train/rec_loss", "train/kl_loss", "train/logvar"} <= set(metrics)
+
+    (checkpoint_path,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["ldm_stage"] == "autoencoder"
+    assert checkpoint["hyper_parameters"]["autoencoder"] == dataclasses.asdict(config)
+    prefix = "autoencoder."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    assert set(checkpoint["state_dict"]) - {prefix + k for k in state} == {"loss.logvar"}
+    restored = KLAutoencoder.from_config(AutoencoderConfig(**checkpoint["hyper_parameters"]["autoencoder"]))
+    restored.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            restored(val_images, sample_posterior=False)[0], reconstructions, rtol=0, atol=0
+        )

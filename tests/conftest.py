@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny configs and one tiny trained run of the debug preset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ldm.config import (
+    AutoencoderConfig,
+    ConditionerConfig,
+    DiffusionConfig,
+    SamplerConfig,
+    UNetConfig,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_module_configs() -> dict:
+    """Keyword arguments of a tiny LatentDiffusionModule (32px images, f=2, 16x16x4 latents)."""
+    return dict(
+        autoencoder=AutoencoderConfig(resolution=32, ch=32, ch_mult=[1, 2], num_res_blocks=1),
+        denoiser=UNetConfig(
+            model_channels=32,
+            channel_mult=[1],
+            num_res_blocks=1,
+            attention_resolutions=[1],
+            num_head_channels=16,
+            context_dim=32,
+        ),
+        conditioner=ConditionerConfig(
+            arch="custom", pretrained=None, context_length=16, width=32, heads=2, layers=2
+        ),
+        diffusion=DiffusionConfig(max_steps=10),
+        sampler=SamplerConfig(steps=3),
+        image_size=32,
+    )
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command line of this project with the current interpreter."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def debug_run(tmp_path_factory) -> Path:
+    """The run directory of `python -m ldm.train experiment=debug` (trained once per session)."""
+    base = tmp_path_factory.mktemp("debug_run")
+    run_dir = base / "run"
+    result = run_cli(
+        [
+            "-m",
+            "ldm.train",
+            "experiment=debug",
+            f"hydra.run.dir={run_dir}",
+            f"data.root={base / 'data'}",
+            "trainer.enable_progress_bar=false",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
