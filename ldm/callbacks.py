@@ -31,6 +31,7 @@ class SampleGridCallback(pl.Callback):
         self.every_n_steps = every_n_steps
         self.seed = seed
         self.last_path: Path | None = None
+        self._last_step = -1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
         step = trainer.global_step
@@ -38,12 +39,14 @@ class SampleGridCallback(pl.Callback):
             self.log_grid(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.log_grid(trainer, pl_module)
+        if trainer.global_step != self._last_step:
+            self.log_grid(trainer, pl_module)
 
     @torch.no_grad()
     def log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        self._last_step = trainer.global_step
         was_training = pl_module.training
         pl_module.eval()
         prompts = [p for p in self.prompts for _ in range(self.n_per_prompt)]

@@ -72,6 +72,19 @@ class Text2Image:
     def latent_channels(self) -> int:
         return self.autoencoder.post_quant_conv.in_channels
 
+    def check_request(
+        self, sampler: SamplerConfig, height: Optional[int] = None, width: Optional[int] = None
+    ) -> tuple[int, int]:
+        """Raise a clear error for a request that cannot be sampled; returns the (height, width) to use."""
+        height, width = height or self.image_size, width or self.image_size
+        f = self.autoencoder.downsample_factor
+        if height % f or width % f:
+            raise ValueError(f"image size {height}x{width} is not divisible by the autoencoder factor {f}")
+        if sampler.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {sampler.steps}")
+        get_sampler(sampler.name)
+        return height, width
+
     @torch.no_grad()
     def __call__(
         self,
@@ -86,14 +99,10 @@ class Text2Image:
     ) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1], one per (prompt, seed) pair."""
         sampler = sampler or self.sampler
-        height, width = height or self.image_size, width or self.image_size
+        height, width = self.check_request(sampler, height, width)
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         f = self.autoencoder.downsample_factor
-        if height % f or width % f:
-            raise ValueError(f"image size {height}x{width} is not divisible by the autoencoder factor {f}")
-        if sampler.steps < 1:
-            raise ValueError(f"sampler steps must be >= 1, got {sampler.steps}")
         sample_fn = get_sampler(sampler.name)
         device = self.device
 

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     prompts = read_prompts(args)
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device)
     sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    pipe.check_request(sampler, args.H, args.W)
     outdir = Path(args.outdir)
     sample_dir = outdir / "samples"
     sample_dir.mkdir(parents=True, exist_ok=True)

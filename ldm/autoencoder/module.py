@@ -54,17 +54,19 @@ class AutoencoderModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Reconstruct from the posterior mode; log L1 and PSNR, and save an image grid on the first batch."""
+        """Reconstruct from the posterior mode; log the reconstruction distance, L1 and PSNR; save a grid on batch 0."""
         x = batch["image"]
         reconstructions = self.autoencoder.decode(self.autoencoder.encode(x).mode())
         batch_size = x.shape[0]
-        rec_loss = torch.abs(x - reconstructions).mean()
+        l1 = torch.abs(x - reconstructions).mean()
+        rec_loss = l1 if self.loss.reconstruction == "l1" else (x - reconstructions).square().mean()
         # PSNR per image, averaged over the batch; Lightning then weights each batch by its size,
         # so the epoch value is the mean over validation images.
         psnr = peak_signal_noise_ratio(
             to_unit_range(reconstructions), to_unit_range(x), data_range=1.0, dim=(1, 2, 3)
         )
         self.log("val/rec_loss", rec_loss, on_epoch=True, batch_size=batch_size)
+        self.log("val/l1", l1, on_epoch=True, batch_size=batch_size)
         self.log("val/psnr", psnr, on_epoch=True, prog_bar=True, batch_size=batch_size)
         if batch_idx == 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._save_reconstructions(x, reconstructions)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
         ),
         (["--prompt", "   "], "empty prompt"),
         (["--prompt", "a red circle", "--sampler", "nope"], "unknown sampler 'nope'"),
-        (["--prompt", "a red circle", "--H", "30"], "not divisible by the autoencoder factor"),
+        (["--prompt", "a red circle", "--H", "31"], "not divisible by the autoencoder factor"),
         (["--prompt", "a red circle", "--n_samples", "0"], "--n_samples must be >= 1"),
     ],
 )
