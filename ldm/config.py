@@ -161,11 +161,41 @@ class SamplerConfig:
 
 
 @dataclass
+class DataFiltersConfig:
+    """Bounds on a sample's json metadata (img2dataset/LAION keys) and caption; null: no bound."""
+
+    min_width: Optional[int] = None
+    """Minimum original width (original_width, else width)."""
+    min_height: Optional[int] = None
+    """Minimum original height (original_height, else height)."""
+    min_aspect: Optional[float] = None
+    """Minimum width / height."""
+    max_aspect: Optional[float] = None
+    """Maximum width / height."""
+    min_aesthetic: Optional[float] = None
+    """Minimum aesthetic score (aesthetic or AESTHETIC_SCORE)."""
+    max_watermark: Optional[float] = None
+    """Maximum watermark probability (pwatermark)."""
+    max_unsafe: Optional[float] = None
+    """Maximum unsafe probability (punsafe)."""
+    min_caption_length: Optional[int] = None
+    """Minimum caption length in characters."""
+    max_caption_length: Optional[int] = None
+    """Maximum caption length in characters."""
+
+
+@dataclass
 class DataConfig:
     """Where training images and captions come from (webdataset shards)."""
 
     name: str = "shapes"
-    """Data set: shapes (built-in synthetic set, generated on first use)."""
+    """Data set: shapes (built-in synthetic set, generated on first use) or webdataset (your shards)."""
+    train_shards: Optional[str] = None
+    """webdataset: training shards, a brace pattern ('/data/{000000..000999}.tar'), '::'-joined patterns, or @file."""
+    val_shards: Optional[str] = None
+    """webdataset: a fixed, separate set of validation shards (same forms)."""
+    caption_key: str = "txt"
+    """Which sample member holds the caption."""
     root: str = "data/shapes"
     """Folder where the shapes shards are written and read."""
     resolution: int = 32
@@ -184,6 +214,18 @@ class DataConfig:
     """DataLoader worker processes."""
     shuffle_buffer: int = 1_000
     """Samples held in the streaming shuffle buffer."""
+    crop: str = "center"
+    """Training crop after resizing the short side: center or random (validation is always centred)."""
+    flip: bool = False
+    """Random horizontal flips in training."""
+    filters: DataFiltersConfig = field(default_factory=lambda: DataFiltersConfig())
+    """Bounds on json metadata and captions; samples outside are skipped (and counted as filtered)."""
+    max_skip_fraction: float = 0.5
+    """Stop the run when more than this fraction of the samples read so far were corrupt."""
+    resampled: bool = False
+    """Draw shards with replacement, a fixed number of batches per epoch on every rank (multi-node)."""
+    batches_per_epoch: int = 1000
+    """Resampled mode: batches per epoch on each rank."""
 
 
 @dataclass

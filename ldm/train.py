@@ -33,6 +33,7 @@ from ldm.autoencoder.module import AutoencoderModule
 from ldm.callbacks import SampleGridCallback
 from ldm.checkpoint import autoencoder_weights, read_checkpoint
 from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, register_configs
+from ldm.data.quality import DataQualityCallback
 from ldm.data.shards import build_datamodule
 from ldm.diffusion.module import LatentDiffusionModule
 from ldm.diffusion.scaling import estimate_scale_factor
@@ -81,7 +82,7 @@ def build_trainer(
         num_nodes=t.num_nodes,
         precision=t.precision,
         logger=build_logger(config.logger, run_dir, stage),
-        callbacks=[checkpointing, *callbacks],
+        callbacks=[checkpointing, DataQualityCallback(config.data.max_skip_fraction), *callbacks],
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=t.val_check_interval or max_steps,
         check_val_every_n_epoch=None,

@@ -164,12 +164,16 @@ def test_other_sizes_and_modes_are_resized_cropped_and_made_rgb(tmp_path):
     assert torch.allclose(pal[:, 16:], torch.zeros(3, 16, 32), atol=1e-4)
 
 
-def test_a_sample_without_an_image_is_an_error(tmp_path):
+def test_a_sample_without_an_image_is_skipped_and_counted(tmp_path):
     path = tmp_path / "000000.tar"
+    good = io.BytesIO()
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(good, format="PNG")
     with open(path, "wb") as stream, TarWriter(stream) as writer:
         writer.write({"__key__": "only-text", "txt": b"a red circle"})
-    with pytest.raises(ValueError, match="sample 'only-text' .* has no image"):
-        list(shard_dataset([str(path)], resolution=32, shuffle=False, shuffle_buffer=0, seed=0))
+        writer.write({"__key__": "good", "png": good.getvalue(), "txt": b"a red square"})
+    stream = shard_dataset([str(path)], resolution=32, shuffle=False, shuffle_buffer=0, seed=0)
+    assert [s["key"] for s in stream] == ["good"]
+    assert stream.counter.totals()["missing_image"] == 1
 
 
 def test_empty_shard_list_yields_nothing():
@@ -196,7 +200,7 @@ def test_build_datamodule_generates_the_shapes_set(tmp_path):
 
 
 def test_build_datamodule_rejects_unknown_data_sets():
-    with pytest.raises(ValueError, match=r"^unknown data set 'laion'; available: shapes$"):
+    with pytest.raises(ValueError, match=r"^unknown data set 'laion'; available: shapes, webdataset$"):
         build_datamodule(DataConfig(name="laion"))
 
 

@@ -1,0 +1,201 @@
+"""Data quality: metadata filters, and corrupt samples skipped, counted by kind, and reported.
+
+Broken data must never stop or hang training. The reader skips a sample it cannot use and counts
+why in a ``SampleCounter``: a small table in shared memory with one row per DataLoader worker, so
+the main process reads exact totals whatever the batching (a dropped last batch, the end of a pass)
+without any message passing. ``DataQualityCallback`` logs the totals as metrics, reports them at
+the end of a run, and stops the run with a clear message when the corrupt fraction exceeds a
+ceiling (the data is mostly broken).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+
+from ldm.config import DataFiltersConfig
+
+log = logging.getLogger(__name__)
+
+SKIP_KINDS = (
+    "unreadable_image",  # the image bytes do not decode
+    "missing_image",  # no png/jpg/jpeg/webp member
+    "missing_caption",  # no caption member
+    "bad_text",  # caption not UTF-8
+    "bad_metadata",  # json unreadable while filters need it
+    "unreadable_shard",  # a tar shard (or member) that cannot be read: the rest of it is lost
+    "filtered",  # a readable sample that the metadata filters reject (not corruption)
+)
+CORRUPT_KINDS = tuple(k for k in SKIP_KINDS if k != "filtered")
+
+
+class DataQualityError(ValueError):
+    """The data is too broken to train on."""
+
+
+class SampleFilter:
+    """Keeps a sample only if its json metadata and caption pass every bound set in the config.
+
+    A bound that needs a metadata value the sample does not have rejects the sample.
+    """
+
+    def __init__(self, config: DataFiltersConfig):
+        self.config = config
+
+    @property
+    def needs_metadata(self) -> bool:
+        c = self.config
+        bounds = (c.min_width, c.min_height, c.min_aspect, c.max_aspect, c.min_aesthetic)
+        return any(v is not None for v in bounds + (c.max_watermark, c.max_unsafe))
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in dataclasses.asdict(self.config).values())
+
+    def keep(self, meta: dict[str, Any], caption: str) -> bool:
+        """True when the sample passes every bound."""
+
+        def value(*keys: str) -> Optional[float]:
+            for key in keys:
+                if meta.get(key) is not None:
+                    return float(meta[key])
+            return None
+
+        c = self.config
+        width, height = value("original_width", "width"), value("original_height", "height")
+        aspect = width / height if width and height else None
+        lower = [
+            (c.min_width, width),
+            (c.min_height, height),
+            (c.min_aspect, aspect),
+            (c.min_aesthetic, value("aesthetic", "AESTHETIC_SCORE")),
+            (c.min_caption_length, len(caption)),
+        ]
+        upper = [
+            (c.max_aspect, aspect),
+            (c.max_watermark, value("pwatermark")),
+            (c.max_unsafe, value("punsafe")),
+            (c.max_caption_length, len(caption)),
+        ]
+        for bound, v in lower:
+            if bound is not None and (v is None or math.isnan(v) or v < bound):
+                return False
+        for bound, v in upper:
+            if bound is not None and (v is None or math.isnan(v) or v > bound):
+                return False
+        return True
+
+
+MAX_WORKERS = 64
+COLUMNS = (*SKIP_KINDS, "read")
+
+
+class SampleCounter:
+    """Counts of samples read and skipped (per kind), shared between the DataLoader workers.
+
+    Row 0 is the main process, row w + 1 DataLoader worker w; each writes only its own row. The
+    table lives in shared memory, so it must be created before the workers start.
+    """
+
+    def __init__(self) -> None:
+        self.table = torch.zeros(MAX_WORKERS + 1, len(COLUMNS), dtype=torch.int64).share_memory_()
+        self._logged: set[str] = set()
+
+    def _row(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        return 0 if info is None else 1 + info.id % MAX_WORKERS
+
+    def skip(self, kind: str, detail: str) -> None:
+        """Count one skipped sample of `kind`; the first of each kind in a process is logged."""
+        self.table[self._row(), SKIP_KINDS.index(kind)] += 1
+        if kind not in self._logged and kind != "filtered":
+            self._logged.add(kind)
+            log.warning("skipping corrupt data (%s): %s (further ones are counted, not logged)", kind, detail)
+
+    def read(self) -> None:
+        """Count one sample handed on for training."""
+        self.table[self._row(), -1] += 1
+
+    def totals(self) -> dict[str, int]:
+        """{"read": n, kind: n, ...} summed over all processes."""
+        return {k: int(v) for k, v in zip(COLUMNS, self.table.sum(dim=0).tolist())}
+
+    def reset(self) -> None:
+        self.table.zero_()
+
+
+class DataQualityCallback(pl.Callback):
+    """Reports the training stream's SampleCounter; enforces ``max_skip_fraction``.
+
+    The counter is the datamodule's ``train_counter``. The ceiling is checked once at least
+    ``min_samples`` samples were read or skipped, so that a few broken samples at the start of a
+    stream do not stop a run.
+    """
+
+    def __init__(self, max_skip_fraction: float = 0.5, min_samples: int = 256, log_every_n_steps: int = 50):
+        if not 0.0 < max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in (0, 1], got {max_skip_fraction}")
+        self.max_skip_fraction = max_skip_fraction
+        self.min_samples = min_samples
+        self.log_every_n_steps = log_every_n_steps
+
+    @staticmethod
+    def counter(trainer: pl.Trainer) -> SampleCounter | None:
+        return getattr(trainer.datamodule, "train_counter", None)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counter = self.counter(trainer)
+        if counter is not None:
+            # Count this fit only (stages share a data module); before the loop's first prefetch.
+            counter.reset()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batches_this_epoch = 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # An epoch without a batch would repeat forever: fewer usable samples than one batch.
+        if getattr(self, "_batches_this_epoch", 1) == 0:
+            counter = self.counter(trainer)
+            totals = counter.totals() if counter is not None else {"read": 0, **dict.fromkeys(SKIP_KINDS, 0)}
+            raise DataQualityError(
+                f"a training epoch gave no batch: {totals['read']} usable samples per pass are fewer than "
+                f"one batch per DataLoader worker (skipped: {breakdown(totals)}); use more data or a smaller batch"
+            )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
+    ):
+        self._batches_this_epoch = getattr(self, "_batches_this_epoch", 0) + 1
+        counter = self.counter(trainer)
+        if counter is None:
+            return
+        totals = counter.totals()
+        corrupt = sum(totals[k] for k in CORRUPT_KINDS)
+        seen = totals["read"] + corrupt + totals["filtered"]
+        if trainer.global_step % self.log_every_n_steps == 0:
+            pl_module.log_dict({"data/read": float(totals["read"]), "data/corrupt": float(corrupt)})
+        if seen >= self.min_samples and corrupt / seen > self.max_skip_fraction:
+            raise DataQualityError(
+                f"{corrupt} of {seen} samples read so far were corrupt "
+                f"({corrupt / seen:.0%} > data.max_skip_fraction={self.max_skip_fraction}): "
+                f"{breakdown(totals)}. Check the shards."
+            )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counter = self.counter(trainer)
+        if counter is not None:
+            totals = counter.totals()
+            corrupt = sum(totals[k] for k in CORRUPT_KINDS)
+            log.info(
+                "data: read %d samples, skipped %d corrupt (%s)", totals["read"], corrupt, breakdown(totals)
+            )
+
+
+def breakdown(totals: dict[str, int]) -> str:
+    """'kind=n, ...' for the nonzero skip counts."""
+    return ", ".join(f"{k}={totals[k]}" for k in SKIP_KINDS if totals[k]) or "none"
