@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,9 @@ class SampleGridCallback(pl.Callback):
         pl_module.eval()
         prompts = [p for p in self.prompts for _ in range(self.n_per_prompt)]
         seeds = [self.seed + i for _ in self.prompts for i in range(self.n_per_prompt)]
-        images = Text2Image.from_module(pl_module)(prompts, seeds)
+        ema_scope = getattr(pl_module, "ema_scope", contextlib.nullcontext)
+        with ema_scope():  # the EMA weights when the module keeps them
+            images = Text2Image.from_module(pl_module)(prompts, seeds)
         pl_module.train(was_training)
         path = Path(trainer.default_root_dir) / "images" / f"samples-step{trainer.global_step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,11 +59,18 @@ def load_autoencoder(path: str | Path):
     return model.eval()
 
 
-def load_latent_diffusion(path: str | Path):
-    """A LatentDiffusionModule with the weights of a stage-2 checkpoint, in eval mode."""
+def load_latent_diffusion(path: str | Path, use_ema: bool = True):
+    """A LatentDiffusionModule with the weights of a stage-2 checkpoint, in eval mode.
+
+    When the checkpoint keeps an EMA of the U-Net and `use_ema`, the averaged weights are copied
+    into ``model.diffusion_model`` (what samplers use) and the separate copy is dropped.
+    """
     from ldm.diffusion.module import LatentDiffusionModule
 
     checkpoint = read_checkpoint(path, expected_stage="diffusion")
     module = LatentDiffusionModule.from_hparams(checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"], strict=True)
+    if module.model_ema is not None and use_ema:
+        module.model_ema.copy_to(module.model.diffusion_model)
+        module.model_ema = None
     return module.eval()

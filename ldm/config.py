@@ -44,6 +44,32 @@ class AutoencoderConfig:
     """Reconstruction distance: l1 (LDM) or l2."""
     kl_weight: float = 1e-6
     """Weight of the KL term against the reconstruction loss."""
+    perceptual_weight: float = 1.0
+    """Weight of the LPIPS perceptual term (used only where its weights are found locally)."""
+    perceptual_weights: Optional[str] = None
+    """File with the LPIPS heads (lin0..lin4) and optionally VGG-16 features (.safetensors or torch)."""
+    vgg_weights: Optional[str] = None
+    """torchvision VGG-16 state dict (null: the torch hub cache's vgg16-397923af.pth, if present)."""
+    disc_weight: float = 0.5
+    """Weight of the adversarial term (times the adaptive weight); 0 turns the discriminator off."""
+    disc_start: int = 50_001
+    """Optimizer step from which the discriminator trains and the adversarial term applies."""
+    disc_factor: float = 1.0
+    """Factor on both adversarial losses once started (LDM's disc_factor)."""
+    disc_loss: str = "hinge"
+    """Discriminator loss: hinge or vanilla (non-saturating softplus)."""
+    disc_num_layers: int = 3
+    """Stride-2 convolutions of the PatchGAN discriminator (pix2pix's n_layers)."""
+    disc_channels: int = 64
+    """Channels of the discriminator's first layer (pix2pix's ndf)."""
+    disc_norm: str = "batch"
+    """Normalisation in the discriminator: batch (BatchNorm) or actnorm."""
+    gradient_clip_val: Optional[float] = None
+    """Gradient-norm clip of both stage-1 optimizers (null: trainer.gradient_clip_val)."""
+    latent_stats_batches: int = 8
+    """Validation batches whose latents give the stored scale factor and channel statistics (0: none)."""
+    fid_inception_weights: Optional[str] = None
+    """torch-fidelity's Inception weights file for validation rFID (null: rFID is skipped)."""
     learning_rate: float = 4.5e-6
     """Adam learning rate for stage 1."""
     max_steps: int = 50_000
@@ -90,7 +116,7 @@ class UNetConfig:
 
 @dataclass
 class ConditionerConfig:
-    """Frozen open_clip text encoder whose per-token states feed cross-attention."""
+    """open_clip text encoder (frozen unless trainable) whose per-token states feed cross-attention."""
 
     arch: str = "ViT-H-14"
     """open_clip model name, or 'custom' for the text tower described by the fields below."""
@@ -110,6 +136,10 @@ class ConditionerConfig:
     """Seed for random initialisation (pretrained: null)."""
     caption_dropout: float = 0.1
     """Probability that a training caption is replaced by the empty prompt (for classifier-free guidance)."""
+    trainable: bool = False
+    """Train the text encoder together with the U-Net (default: frozen, as SD)."""
+    learning_rate: Optional[float] = None
+    """AdamW learning rate of a trainable text encoder (null: diffusion.learning_rate)."""
 
 
 @dataclass
@@ -119,13 +149,33 @@ class DiffusionConfig:
     num_timesteps: int = 1000
     """Training timesteps of the discrete schedule."""
     beta_schedule: str = "scaled_linear"
-    """Beta schedule: linear or scaled_linear."""
+    """Beta schedule: linear, scaled_linear or cosine (Nichol & Dhariwal 2021)."""
     linear_start: float = 0.00085
-    """First beta."""
+    """First beta (linear and scaled_linear)."""
     linear_end: float = 0.012
-    """Last beta."""
+    """Last beta (linear and scaled_linear)."""
+    cosine_s: float = 0.008
+    """Offset s of the cosine schedule (Nichol & Dhariwal 2021, Eq. 17)."""
+    zero_terminal_snr: bool = False
+    """Rescale the schedule so that the last timestep is pure noise (Lin et al. 2024, Algorithm 1); needs v or x0."""
     parameterization: str = "eps"
-    """What the U-Net predicts: eps (v and x0 come later)."""
+    """What the U-Net predicts: eps, v (Salimans & Ho 2022) or x0."""
+    loss_weighting: str = "uniform"
+    """Per-timestep loss weight: uniform, or min_snr (min-SNR-gamma, Hang et al. 2023)."""
+    min_snr_gamma: float = 5.0
+    """gamma of min-SNR weighting: the loss, measured on x0, is weighted by min(SNR, gamma)."""
+    offset_noise: float = 0.0
+    """Offset-noise strength: adds strength * N(0, 1) per sample and channel to the noise (0: off)."""
+    ema: bool = False
+    """Keep an exponential moving average of the U-Net's weights, used for validation and sampling."""
+    ema_decay: float = 0.9999
+    """EMA decay once warmed up."""
+    ema_warmup: str = "ldm"
+    """EMA decay warm-up: ldm (min(decay, (1 + n) / (10 + n))), power (1 - (1 + n) ** -ema_power) or none."""
+    ema_power: float = 0.6667
+    """Exponent of the power warm-up (2/3 suits runs of ~1M steps, 3/4 shorter ones)."""
+    init_from: Optional[str] = None
+    """Initial weights: an SD single-file checkpoint (.safetensors/.ckpt) or an ldm stage-2 checkpoint."""
     scale_factor: Optional[float] = None
     """Latent scale; null computes 1/std of latents from the training data (LDM's scale_by_std)."""
     scale_batches: int = 8
@@ -149,15 +199,19 @@ class SamplerConfig:
     """How images are drawn from a trained model."""
 
     name: str = "ddim"
-    """Sampler function, from ldm.samplers.SAMPLERS."""
+    """Sampler function, from ldm.samplers.SAMPLERS: ddpm, ddim, plms, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, unipc."""
     steps: int = 50
     """Denoising steps."""
     guidance_scale: float = 5.0
     """Classifier-free guidance scale (1 = no guidance)."""
-    eta: float = 0.0
-    """DDIM eta: 0 is deterministic, 1 is DDPM-like ancestral noise."""
+    guidance_rescale: float = 0.0
+    """Guidance rescale phi in [0, 1] (Lin et al. 2024, Eq. 15-16; 0 = plain guidance, they use 0.7)."""
+    eta: Optional[float] = None
+    """Noise scale of ddim, euler_ancestral and dpmpp_2m_sde (0 = deterministic); null: the sampler's default (ddim 0, the others 1)."""
+    schedule: str = "discrete"
+    """Sigma schedule: discrete (the model's own timesteps, by spacing), karras (rho 7) or exponential."""
     spacing: str = "trailing"
-    """Which training timesteps the steps visit: trailing, leading or linspace."""
+    """Which training timesteps the discrete schedule visits: trailing, leading or linspace."""
 
 
 @dataclass

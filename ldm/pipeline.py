@@ -1,14 +1,16 @@
-"""Text2Image: prompts -> images with a trained latent diffusion model.
+"""Text2Image: prompts (and, for img2img, starting images) -> images with a trained latent diffusion model.
 
-Used by ``scripts/txt2img.py``, the evaluator and the training sample-grid callback, so that what
-is tested is what users run. Every image has its own seed: its starting noise is drawn from a
-generator seeded with that seed alone, so a seed gives the same image whatever the batch.
+Used by ``scripts/txt2img.py``, ``scripts/img2img.py``, the evaluator and the training sample-grid
+callback, so that what is tested is what users run. Every image has its own seed: one generator,
+seeded with that seed alone, draws the image's starting noise and then every noise the sampler
+adds (``ldm.samplers.noise``), so a seed gives the same image whatever the batch.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
@@ -19,9 +21,17 @@ from torch import nn
 from ldm.config import SamplerConfig
 from ldm.samplers import get_sampler
 from ldm.samplers.guidance import CFGDenoiser
-from ldm.samplers.sigmas import discrete_sigmas
+from ldm.samplers.noise import per_sample_generators
+from ldm.samplers.sigmas import get_sigmas
 
 log = logging.getLogger(__name__)
+
+
+def img2img_steps(strength: float, steps: int) -> int:
+    """Steps that img2img runs at `strength`: the last floor(strength * steps) of the schedule (SD's img2img)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return math.floor(strength * steps + 1e-6)  # 1e-6: 0.29 * 100 is 28.999...
 
 
 class Text2Image:
@@ -83,7 +93,13 @@ class Text2Image:
         if sampler.steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {sampler.steps}")
         get_sampler(sampler.name)
+        self.sigmas(sampler)  # checks the schedule, spacing and step count
+        CFGDenoiser(self.denoiser, sampler.guidance_scale, sampler.guidance_rescale)  # checks both
         return height, width
+
+    def sigmas(self, sampler: SamplerConfig) -> torch.Tensor:
+        """The sampler's descending noise levels for this model, ending at 0; shape [steps + 1]."""
+        return get_sigmas(self.denoiser.sigmas, sampler.steps, sampler.schedule, sampler.spacing)
 
     @torch.no_grad()
     def __call__(
@@ -103,31 +119,86 @@ class Text2Image:
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         f = self.autoencoder.downsample_factor
-        sample_fn = get_sampler(sampler.name)
-        device = self.device
+        sigmas = self.sigmas(sampler)
+        generators = per_sample_generators(seeds)
+        shape = (self.latent_channels, height // f, width // f)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        # The chain starts from z_T ~ N(0, I), i.e. x = z_T * sqrt(1 + sigma_max^2) in sigma form.
+        x = noise * (sigmas[0] ** 2 + 1).sqrt()
+        latents = self.denoise(x, sigmas, prompts, generators, sampler, negative_prompt, callback)
+        return self.decode(latents)
 
+    @torch.no_grad()
+    def img2img(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        strength: float,
+        sampler: Optional[SamplerConfig] = None,
+        negative_prompt: str = "",
+        callback: Optional[Callable[[dict], None]] = None,
+    ) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] redrawn from `images` (same shape and range) toward the prompts.
+
+        The schedule of `sampler.steps` is cut to its last floor(strength * steps) steps (SD's
+        img2img); the image's latent is noised to the first sigma left, x = z + sigma * noise, and
+        denoised from there. strength 1 runs the whole schedule; strength 0 returns the autoencoder's
+        reconstruction of the input.
+        """
+        sampler = sampler or self.sampler
+        steps = img2img_steps(strength, sampler.steps)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
+        if images.min() < 0 or images.max() > 1:
+            raise ValueError("expected image values in [0, 1]")
+        if not len(prompts) == len(seeds) == images.shape[0]:
+            raise ValueError(f"got {images.shape[0]} images, {len(prompts)} prompts and {len(seeds)} seeds")
+        self.check_request(sampler, *images.shape[-2:])
+        sigmas = self.sigmas(sampler)[sampler.steps - steps :]  # [steps + 1], ending at 0
+        z = self.encode(images)
+        if steps == 0:
+            return self.decode(z)
+        generators = per_sample_generators(seeds)
+        noise = torch.stack([torch.randn(z.shape[1:], generator=g) for g in generators]).to(z)
+        x = z + sigmas[0] * noise  # the forward process at sigma, in sigma form
+        latents = self.denoise(x, sigmas, prompts, generators, sampler, negative_prompt, callback)
+        return self.decode(latents)
+
+    def denoise(
+        self,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        prompts: Sequence[str],
+        generators: Sequence[torch.Generator],
+        sampler: SamplerConfig,
+        negative_prompt: str = "",
+        callback: Optional[Callable[[dict], None]] = None,
+    ) -> torch.Tensor:
+        """Latents x at sigmas[0] -> latents at sigmas[-1], with classifier-free guidance."""
+        sample_fn = get_sampler(sampler.name)
         context = self.text_encoder(list(prompts))
         uncond = self.text_encoder([negative_prompt] * len(prompts))
-        sigmas = discrete_sigmas(self.denoiser.sigmas, sampler.steps, sampler.spacing)
-        shape = (self.latent_channels, height // f, width // f)
-        noise = torch.stack(
-            [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        )
-        # The chain starts from z_T ~ N(0, I), i.e. x = z_T * sqrt(1 + sigma_max^2) in sigma form.
-        x = noise.to(device) * (sigmas[0] ** 2 + 1).sqrt()
-
-        options = {"eta": sampler.eta}
+        options = {} if sampler.eta is None else {"eta": sampler.eta}
         accepted = inspect.signature(sample_fn).parameters
-        options = {k: v for k, v in options.items() if k in accepted}
-        generator = torch.Generator(device=device).manual_seed(int(seeds[0]))
-        latents = sample_fn(
-            CFGDenoiser(self.denoiser, sampler.guidance_scale),
+        options = {k: v for k, v in options.items() if k in accepted}  # eta only where it applies
+        return sample_fn(
+            CFGDenoiser(self.denoiser, sampler.guidance_scale, sampler.guidance_rescale),
             x,
             sigmas,
             extra_args={"context": context, "uncond_context": uncond},
             callback=callback,
-            generator=generator,
+            generator=generators,
             **options,
         )
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> scaled latents (the posterior mode times the scale factor)."""
+        images = images.to(self.device, next(self.autoencoder.parameters()).dtype)
+        return self.autoencoder.encode(images * 2 - 1).mode() * self.scale_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images [B, 3, H, W] in [0, 1], on the CPU."""
         images = self.autoencoder.decode(latents / self.scale_factor)
         return ((images.float().clamp(-1, 1) + 1) / 2).cpu()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,15 +29,18 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
-from ldm.autoencoder.module import AutoencoderModule
+from ldm.autoencoder.latent_stats import stored_scale_factor
+from ldm.autoencoder.module import AUTOENCODER_TRAINING_FIELDS, AutoencoderModule
 from ldm.callbacks import SampleGridCallback
 from ldm.checkpoint import autoencoder_weights, read_checkpoint
+from ldm.conditioning.text import check_pretrained_available, without_pretrained
 from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, register_configs
 from ldm.data.quality import DataQualityCallback
 from ldm.data.shards import build_datamodule
 from ldm.diffusion.module import LatentDiffusionModule
 from ldm.diffusion.scaling import estimate_scale_factor
 from ldm.samplers import get_sampler
+from ldm.sd_checkpoint import PREFIXES, load_initial_weights, read_state_dict
 
 log = logging.getLogger("ldm.train")
 
@@ -55,6 +58,14 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, stage: str) -> Logger:
         name = f"{cfg.name or run_dir.name}-{stage}"
         return WandbLogger(project=cfg.project, name=name, save_dir=str(run_dir), offline=cfg.offline)
     raise ValueError(f"unknown logger '{cfg.kind}'; available: {', '.join(LOGGERS)}")
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """Lightning's precision string; `auto` is bf16-mixed where CUDA supports bf16 (and is used), else 32-true."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def stage_dir(run_dir: Path, stage: str) -> Path:
@@ -80,7 +91,7 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        precision=t.precision,
+        precision=resolve_precision(t.precision, t.accelerator),
         logger=build_logger(config.logger, run_dir, stage),
         callbacks=[checkpointing, DataQualityCallback(config.data.max_skip_fraction), *callbacks],
         log_every_n_steps=t.log_every_n_steps,
@@ -88,7 +99,7 @@ def build_trainer(
         check_val_every_n_epoch=None,
         limit_val_batches=t.limit_val_batches,
         num_sanity_val_steps=0,
-        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_val=None if stage == "autoencoder" else t.gradient_clip_val,  # stage 1 clips itself
         enable_progress_bar=t.enable_progress_bar,
     )
 
@@ -97,7 +108,7 @@ def train_autoencoder(config: TrainConfig, datamodule: pl.LightningDataModule, r
     """Stage 1: fit the autoencoder; returns its checkpoint."""
     root = stage_dir(run_dir, "autoencoder")
     log.info("stage 1: training the autoencoder for %d steps in %s", config.autoencoder.max_steps, root)
-    module = AutoencoderModule(config.autoencoder)
+    module = AutoencoderModule(config.autoencoder, gradient_clip_val=config.trainer.gradient_clip_val)
     datamodule.batch_size = config.autoencoder.batch_size or config.data.batch_size
     trainer = build_trainer(config, run_dir, "autoencoder", config.autoencoder.max_steps, [])
     trainer.fit(module, datamodule=datamodule)
@@ -116,7 +127,7 @@ def _metrics(trainer: pl.Trainer) -> str:
 def load_pretrained_autoencoder(config: TrainConfig, path: str | Path) -> tuple[AutoencoderConfig, dict]:
     """The architecture (from the checkpoint, overriding the config's) and weights of a trained autoencoder."""
     hparams, state = autoencoder_weights(read_checkpoint(path))
-    training = {"ckpt_path", "kl_weight", "learning_rate", "max_steps", "batch_size", "reconstruction"}
+    training = set(AUTOENCODER_TRAINING_FIELDS)
     arch = {f.name for f in fields(AutoencoderConfig)} - training
     ae_config = AutoencoderConfig(**{**asdict(config.autoencoder), **{k: hparams[k] for k in arch}})
     differing = sorted(k for k in arch if getattr(config.autoencoder, k) != hparams[k])
@@ -129,11 +140,35 @@ def load_pretrained_autoencoder(config: TrainConfig, path: str | Path) -> tuple[
     return ae_config, state
 
 
+def init_from_parts(path: str | Path) -> set[str]:
+    """Which networks (denoiser, autoencoder, conditioner) initial weights hold, read from the keys alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"diffusion.init_from not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    else:
+        keys = list(read_state_dict(path))
+    return {name for name, prefix in PREFIXES.items() if any(k.startswith(prefix) for k in keys)}
+
+
 def train_diffusion(
-    config: TrainConfig, datamodule: pl.LightningDataModule, run_dir: Path, autoencoder_ckpt: Path | str
+    config: TrainConfig,
+    datamodule: pl.LightningDataModule,
+    run_dir: Path,
+    autoencoder_ckpt: Optional[Path | str],
 ) -> Path:
-    """Stage 2: fit the U-Net on latents of the frozen autoencoder; returns the checkpoint."""
-    ae_config, ae_state = load_pretrained_autoencoder(config, autoencoder_ckpt)
+    """Stage 2: fit the U-Net on latents of the frozen autoencoder; returns the checkpoint.
+
+    The autoencoder comes from `autoencoder_ckpt`, or else from diffusion.init_from (SD weights).
+    """
+    if autoencoder_ckpt:
+        ae_config, ae_state = load_pretrained_autoencoder(config, autoencoder_ckpt)
+    else:
+        ae_config, ae_state = config.autoencoder, None
     module = LatentDiffusionModule(
         autoencoder=ae_config,
         denoiser=config.denoiser,
@@ -142,12 +177,26 @@ def train_diffusion(
         sampler=config.sampler,
         image_size=config.data.resolution,
     )
-    module.first_stage_model.load_state_dict(ae_state, strict=True)
+    if ae_state is not None:
+        module.first_stage_model.load_state_dict(ae_state, strict=True)
+    scale_factor = config.diffusion.scale_factor
+    if config.diffusion.init_from:
+        state = read_state_dict(config.diffusion.init_from)
+        loaded = load_initial_weights(module, state, autoencoder=ae_state is None)
+        file_scale = float(state["scale_factor"]) if "scale_factor" in state else None
+        del state
+        log.info("initial weights from %s: %s", config.diffusion.init_from, ", ".join(loaded))
+        if scale_factor is None and file_scale is not None and "autoencoder" in loaded:
+            scale_factor = file_scale
+            module.scale_factor.fill_(scale_factor)
+            log.info("latent scale factor %.5f from %s", scale_factor, config.diffusion.init_from)
     datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
-    if config.diffusion.scale_factor is None:
+    if scale_factor is None:
         datamodule.setup("fit")
         images = (batch["image"] for batch in datamodule.train_dataloader())
-        scale = estimate_scale_factor(module.first_stage_model, images, config.diffusion.scale_batches)
+        scale = stored_scale_factor(autoencoder_ckpt) or estimate_scale_factor(
+            module.first_stage_model, images, config.diffusion.scale_batches
+        )
         module.scale_factor.fill_(scale)
         log.info("latent scale factor 1/std = %.4f (from %d batches)", scale, config.diffusion.scale_batches)
     n_params = sum(p.numel() for p in module.model.parameters())
@@ -171,7 +220,12 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     """Train what `config.stage` asks for in `run_dir`; returns the checkpoints written."""
     if config.stage not in STAGES:
         raise ValueError(f"unknown stage '{config.stage}'; available: {', '.join(STAGES)}")
-    if config.stage == "diffusion" and not config.autoencoder.ckpt_path:
+    init_parts = init_from_parts(config.diffusion.init_from) if config.diffusion.init_from else set()
+    init_autoencoder = "autoencoder" in init_parts
+    if "conditioner" in init_parts and config.conditioner.pretrained is not None:
+        log.info("text encoder weights from %s, not conditioner.pretrained", config.diffusion.init_from)
+        config = replace(config, conditioner=without_pretrained(config.conditioner))
+    if config.stage == "diffusion" and not (config.autoencoder.ckpt_path or init_autoencoder):
         raise ValueError(
             "stage=diffusion needs a trained autoencoder: set autoencoder.ckpt_path=<stage-1 checkpoint>"
         )
@@ -181,6 +235,8 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         raise ValueError(f"unknown logger '{config.logger.kind}'; available: {', '.join(LOGGERS)}")
     if config.autoencoder.ckpt_path:
         read_checkpoint(config.autoencoder.ckpt_path)
+    if config.stage in ("all", "diffusion"):
+        check_pretrained_available(config.conditioner)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     pl.seed_everything(config.seed, workers=True)
@@ -188,10 +244,12 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     datamodule = build_datamodule(config.data)
     written: dict[str, Optional[Path]] = {"autoencoder": None, "diffusion": None}
     autoencoder_ckpt = config.autoencoder.ckpt_path
-    if config.stage in ("all", "autoencoder") and not autoencoder_ckpt:
+    skip_stage1 = bool(autoencoder_ckpt) or (config.stage == "all" and init_autoencoder)
+    if config.stage in ("all", "autoencoder") and not skip_stage1:
         autoencoder_ckpt = written["autoencoder"] = train_autoencoder(config, datamodule, run_dir)
     elif config.stage == "all":
-        log.info("stage 1 skipped: using the trained autoencoder %s", autoencoder_ckpt)
+        source = autoencoder_ckpt or config.diffusion.init_from
+        log.info("stage 1 skipped: using the trained autoencoder %s", source)
     if config.stage in ("all", "diffusion"):
         written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt)
         log.info(

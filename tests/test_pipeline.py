@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ldm.config import SamplerConfig
 from ldm.diffusion.module import LatentDiffusionModule
 from ldm.pipeline import Text2Image
 from tests.conftest import tiny_module_configs
@@ -36,3 +37,89 @@ def test_channel_mismatch_is_reported():
     configs["denoiser"].context_dim = 48
     with pytest.raises(ValueError, match="context_dim=48 but the text encoder's width is 32"):
         LatentDiffusionModule(**configs)
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m_sde"])
+def test_a_seed_gives_the_same_image_whatever_the_batch_for_stochastic_samplers(pipe, name):
+    sampler = SamplerConfig(name=name, steps=3)
+    batch = pipe(["a red circle", "a blue square", "a red circle"], [11, 12, 13], sampler=sampler)
+    alone = pipe(["a blue square"], [12], sampler=sampler)
+    torch.testing.assert_close(batch[1:2], alone, atol=1e-5, rtol=0)
+    deterministic = pipe(["a blue square"], [12], sampler=SamplerConfig(name=name, steps=3, eta=0.0))
+    assert not torch.allclose(alone, deterministic, atol=1e-3)  # eta reaches the sampler
+
+
+def test_request_checks_name_the_choices(pipe):
+    with pytest.raises(ValueError, match="unknown sampler 'nope'; available: ddim, ddpm"):
+        pipe(["x"], [0], sampler=SamplerConfig(name="nope"))
+    with pytest.raises(ValueError, match="unknown sigma schedule 'cosine'; available: discrete, karras"):
+        pipe(["x"], [0], sampler=SamplerConfig(schedule="cosine"))
+    with pytest.raises(ValueError, match="guidance rescale must be in"):
+        pipe(["x"], [0], sampler=SamplerConfig(guidance_rescale=2.0))
+
+
+def random_images(n):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+
+
+def test_img2img_starts_at_the_step_of_its_strength(pipe):
+    images = random_images(2)
+    sampler = SamplerConfig(steps=4, schedule="karras")
+    seen = []
+    out = pipe.img2img(
+        images, ["a blue circle"] * 2, [5, 6], strength=0.5, sampler=sampler, callback=seen.append
+    )
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    sigmas = pipe.sigmas(sampler)
+    assert [d["i"] for d in seen] == [0, 1]
+    assert seen[0]["sigma"].item() == pytest.approx(sigmas[2].item())  # the last 2 of 4 steps
+    # The first x is the image's latent plus sigma times noise drawn from each seed's generator.
+    noise = torch.stack(
+        [torch.randn(seen[0]["x"].shape[1:], generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+    )
+    torch.testing.assert_close(seen[0]["x"], pipe.encode(images) + sigmas[2] * noise, atol=1e-5, rtol=1e-5)
+
+
+def test_img2img_strength_zero_returns_the_reconstruction_and_one_runs_every_step(pipe):
+    images = random_images(1)
+    torch.testing.assert_close(
+        pipe.img2img(images, ["x"], [0], strength=0.0), pipe.decode(pipe.encode(images))
+    )
+    seen = []
+    pipe.img2img(images, ["x"], [0], strength=1.0, sampler=SamplerConfig(steps=3), callback=seen.append)
+    assert len(seen) == 3 and seen[0]["sigma"].item() == pytest.approx(pipe.denoiser.sigmas[-1].item())
+
+
+def test_img2img_seed_is_independent_of_the_batch(pipe):
+    images = random_images(2)
+    sampler = SamplerConfig(name="euler_ancestral", steps=4)
+    batch = pipe.img2img(images, ["a", "b"], [7, 8], strength=0.75, sampler=sampler)
+    alone = pipe.img2img(images[1:], ["b"], [8], strength=0.75, sampler=sampler)
+    torch.testing.assert_close(batch[1:], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"strength": 1.5}, "strength must be in \\[0, 1\\], got 1.5"),
+        ({"images": torch.zeros(1, 1, 32, 32)}, "expected images of shape \\[B, 3, H, W\\]"),
+        ({"images": torch.full((1, 3, 32, 32), 2.0)}, "expected image values in \\[0, 1\\]"),
+        ({"seeds": [1, 2]}, "got 1 images, 1 prompts and 2 seeds"),
+    ],
+)
+def test_img2img_argument_checks(pipe, kwargs, message):
+    args = {"images": torch.zeros(1, 3, 32, 32), "prompts": ["x"], "seeds": [0], "strength": 0.5, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        pipe.img2img(args.pop("images"), args.pop("prompts"), args.pop("seeds"), **args)
+
+
+def test_negative_prompt_is_the_unconditional_branch(pipe):
+    # Guidance scale 0 keeps only the unconditional branch, which sees the negative prompt.
+    negative = pipe(
+        ["a red circle"],
+        [3],
+        sampler=SamplerConfig(steps=3, guidance_scale=0.0),
+        negative_prompt="a blue square",
+    )
+    direct = pipe(["a blue square"], [3], sampler=SamplerConfig(steps=3, guidance_scale=1.0))
+    torch.testing.assert_close(negative, direct, atol=1e-5, rtol=0)

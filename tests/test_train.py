@@ -110,3 +110,61 @@ def test_bad_training_input_gives_one_clear_line(args, message, tmp_path):
     output = result.stdout + result.stderr
     assert message in output
     assert "Traceback" not in output
+
+
+def test_v_prediction_zero_terminal_snr_min_snr_and_ema_through_the_command_line(debug_run, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        [
+            "-m",
+            "ldm.train",
+            "experiment=debug",
+            f"hydra.run.dir={run_dir}",
+            f"data.root={debug_run.parent / 'data'}",
+            f"autoencoder.ckpt_path={debug_run / 'autoencoder' / 'checkpoints' / 'last.ckpt'}",
+            "diffusion.parameterization=v",
+            "diffusion.zero_terminal_snr=true",
+            "diffusion.loss_weighting=min_snr",
+            "diffusion.offset_noise=0.1",
+            "diffusion.ema=true",
+            "diffusion.max_steps=3",
+            "trainer.enable_progress_bar=false",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt", expected_stage="diffusion")
+    state = ckpt["state_dict"]
+    assert ckpt["hyper_parameters"]["diffusion"]["parameterization"] == "v"
+    assert state["model_ema.num_updates"].item() == 3  # one update per optimizer step
+    unet = [k for k in state if k.startswith("model.diffusion_model.")]
+    assert all("model_ema.module." + k[len("model.diffusion_model.") :] in state for k in unet)
+    from ldm.pipeline import Text2Image
+
+    pipe = Text2Image.from_checkpoint(run_dir / "checkpoints" / "last.ckpt", device="cpu")
+    assert torch.isfinite(pipe.denoiser.sigma_max) and pipe.denoiser.sigma_max > 4000  # sigma_T stand-in
+    images = pipe(["a red circle"], [0])
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+
+
+def test_uncached_text_encoder_offline_fails_before_training_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = ["experiment=debug", f"hydra.run.dir={tmp_path / 'run'}", "conditioner.arch=ViT-B-32"]
+    result = subprocess.run(
+        [sys.executable, "-m", "ldm.train", *args, "conditioner.pretrained=laion2b_s34b_b79k"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "weights 'laion2b_s34b_b79k' are not in the local open_clip / Hugging Face cache" in output
+    assert not (tmp_path / "run" / "autoencoder").exists()  # nothing was trained first

@@ -1,15 +1,27 @@
-"""The KL autoencoder of latent diffusion (SD weight layout), its loss, and its Lightning module."""
+"""The KL autoencoder of latent diffusion (SD weight layout), its losses, and its Lightning module."""
 
+from ldm.autoencoder.discriminator import NLayerDiscriminator
 from ldm.autoencoder.distributions import DiagonalGaussianDistribution
-from ldm.autoencoder.losses import ReconstructionKLLoss
+from ldm.autoencoder.latent_stats import compute_latent_stats, stored_scale_factor
+from ldm.autoencoder.losses import AutoencoderLoss, ReconstructionKLLoss
 from ldm.autoencoder.model import Decoder, Encoder, KLAutoencoder
 from ldm.autoencoder.module import AutoencoderModule
+from ldm.autoencoder.perceptual import LPIPS, load_lpips
+from ldm.autoencoder.sd_vae import load_sd_vae, save_sd_vae
 
 __all__ = [
+    "LPIPS",
+    "AutoencoderLoss",
     "AutoencoderModule",
     "Decoder",
     "DiagonalGaussianDistribution",
     "Encoder",
     "KLAutoencoder",
+    "NLayerDiscriminator",
     "ReconstructionKLLoss",
+    "compute_latent_stats",
+    "load_lpips",
+    "load_sd_vae",
+    "save_sd_vae",
+    "stored_scale_factor",
 ]

@@ -23,14 +23,31 @@ NUM_GROUPS = 32
 """GroupNorm groups throughout the autoencoder (LDM/SD's value, the default)."""
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input dtype or autocast, cast back to the input dtype.
+
+    Group statistics over many activations are where half precision loses the most; fp32 input
+    outside autocast takes the plain path, so full-precision training is unchanged.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] -> [B, C, H, W] in x's dtype."""
+        if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            weight = None if self.weight is None else self.weight.float()
+            bias = None if self.bias is None else self.bias.float()
+            return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
 def normalize(channels: int, num_groups: int = NUM_GROUPS) -> nn.GroupNorm:
-    """GroupNorm with eps 1e-6 and affine parameters, the only normalisation of the autoencoder.
+    """GroupNorm (in fp32) with eps 1e-6 and affine parameters, the only normalisation of the autoencoder.
 
     The group count does not change the parameters, so any value loads the same weights; tiny
     networks want fewer groups than 32, since one channel per group (instance norm) erases the
     relative strength of channels, i.e. colour.
     """
-    return nn.GroupNorm(num_groups=num_groups, num_channels=channels, eps=1e-6, affine=True)
+    return GroupNorm32(num_groups=num_groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 def _check_channels(ch: int, ch_mult: Sequence[int], num_groups: int = NUM_GROUPS) -> None:
@@ -348,10 +365,31 @@ class KLAutoencoder(nn.Module):
         return DiagonalGaussianDistribution(moments)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Latent [B, embed_dim, h, w] -> image [B, out_channels, h*f, w*f]."""
+        """Latent [B, embed_dim, h, w] -> image [B, out_channels, h*f, w*f].
+
+        In float16 (half weights, half latents, or fp16 autocast) the decoder runs in float32 and
+        the image is cast back: the SD decoder's activations exceed fp16's range (65504), the
+        known NaN / black-image failure. bfloat16 has float32's range and keeps its speed.
+        """
         if z.ndim != 4 or z.shape[1] != self.embed_dim:
             raise ValueError(f"expected latents of shape [B, {self.embed_dim}, h, w], got {tuple(z.shape)}")
-        return self.decoder(self.post_quant_conv(z))
+        device_type = z.device.type
+        fp16_autocast = (
+            torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+        )
+        weight_dtype = self.post_quant_conv.weight.dtype
+        if not (fp16_autocast or z.dtype == torch.float16 or weight_dtype == torch.float16):
+            return self.decoder(self.post_quant_conv(z))
+        out_dtype = torch.float16 if weight_dtype == torch.float16 else z.dtype
+        with torch.autocast(device_type=device_type, enabled=False):
+            if weight_dtype == torch.float32:
+                return self.decoder(self.post_quant_conv(z.float())).to(out_dtype)
+            # Half weights: run a float32 copy of them, leaving the module as it is.
+            params = {k: v.float() for k, v in self.named_parameters()}
+            h = torch.func.functional_call(
+                self.post_quant_conv, _sub(params, "post_quant_conv."), (z.float(),)
+            )
+            return torch.func.functional_call(self.decoder, _sub(params, "decoder."), (h,)).to(out_dtype)
 
     def forward(
         self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
@@ -360,3 +398,7 @@ class KLAutoencoder(nn.Module):
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z), posterior
+
+
+def _sub(params: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}

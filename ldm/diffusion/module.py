@@ -1,27 +1,33 @@
 """LatentDiffusionModule: the Lightning wiring of stage 2.
 
-A frozen autoencoder encodes images to latents (times the scale factor), a frozen text encoder
-embeds captions (some dropped to the empty prompt, for classifier-free guidance), and the U-Net
-learns the denoising objective. Attribute names follow Stable Diffusion's checkpoints:
-``first_stage_model``, ``cond_stage_model``, ``model.diffusion_model``, ``scale_factor``.
+A frozen autoencoder encodes images to latents (times the scale factor), a text encoder (frozen
+unless ``conditioner.trainable``) embeds captions (some dropped to the empty prompt, for
+classifier-free guidance), and the U-Net learns the denoising objective. With ``diffusion.ema``
+an exponential moving average of the U-Net is updated after every optimizer step and used for
+validation and sample grids. Attribute names follow Stable Diffusion's checkpoints:
+``first_stage_model``, ``cond_stage_model``, ``model.diffusion_model``, ``scale_factor``; the
+average is ``model_ema.module.*``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
 
 from ldm.autoencoder.model import KLAutoencoder
-from ldm.conditioning.text import OpenCLIPTextEncoder
+from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
 from ldm.denoiser.unet import UNetModel
+from ldm.diffusion.ema import ExponentialMovingAverage
 from ldm.diffusion.objective import DiffusionObjective
 from ldm.diffusion.parametrization import DiscreteDenoiser
-from ldm.diffusion.schedules import alphas_cumprod_from_betas, make_betas
+from ldm.diffusion.schedules import alphas_cumprod_from_config
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -61,6 +67,7 @@ class LatentDiffusionModule(pl.LightningModule):
             }
         )
         self.diffusion_config = diffusion
+        self.conditioner_config = conditioner
         self.sampler_config = sampler
         self.caption_dropout = conditioner.caption_dropout
         self.image_size = image_size
@@ -72,33 +79,55 @@ class LatentDiffusionModule(pl.LightningModule):
                 f"denoiser.context_dim={denoiser.context_dim} but the text encoder's width is "
                 f"{self.cond_stage_model.width}; set them equal"
             )
-        betas = make_betas(
-            diffusion.beta_schedule, diffusion.num_timesteps, diffusion.linear_start, diffusion.linear_end
+        alphas_cumprod = alphas_cumprod_from_config(diffusion)
+        self.objective = DiffusionObjective(
+            alphas_cumprod,
+            diffusion.parameterization,
+            loss_weighting=diffusion.loss_weighting,
+            min_snr_gamma=diffusion.min_snr_gamma,
+            offset_noise=diffusion.offset_noise,
         )
-        alphas_cumprod = alphas_cumprod_from_betas(betas)
         self.model = DiscreteDenoiser(
             UNetModel.from_config(denoiser), alphas_cumprod, diffusion.parameterization
         )
-        self.objective = DiffusionObjective(alphas_cumprod, diffusion.parameterization)
+        self.model_ema: Optional[ExponentialMovingAverage] = None
+        if diffusion.ema:
+            self.model_ema = ExponentialMovingAverage(
+                self.model.diffusion_model, diffusion.ema_decay, diffusion.ema_warmup, diffusion.ema_power
+            )
         self.register_buffer("scale_factor", torch.tensor(diffusion.scale_factor or 1.0))
+        self._validation_weights = contextlib.ExitStack()
 
     @classmethod
     def from_hparams(cls, hparams: dict[str, Any]) -> LatentDiffusionModule:
-        """Rebuild the module (random weights) from a checkpoint's hyper_parameters."""
+        """Rebuild the module (random weights) from a checkpoint's hyper_parameters.
+
+        The text encoder is built without its pretrained weights (the checkpoint holds them), so
+        that loading a checkpoint needs neither the open_clip cache nor a download.
+        """
         return cls(
             autoencoder=AutoencoderConfig(**hparams["autoencoder"]),
             denoiser=UNetConfig(**hparams["denoiser"]),
-            conditioner=ConditionerConfig(**hparams["conditioner"]),
+            conditioner=without_pretrained(ConditionerConfig(**hparams["conditioner"])),
             diffusion=DiffusionConfig(**hparams["diffusion"]),
             sampler=SamplerConfig(**hparams["sampler"]),
             image_size=hparams["image_size"],
         )
 
     def train(self, mode: bool = True) -> LatentDiffusionModule:
-        """The autoencoder and text encoder stay frozen in eval mode."""
+        """The autoencoder stays frozen in eval mode (and the text encoder unless trainable)."""
         super().train(mode)
         self.first_stage_model.eval()
         return self
+
+    @contextlib.contextmanager
+    def ema_scope(self) -> Iterator[None]:
+        """Within the block the U-Net holds the EMA weights (nothing changes without EMA)."""
+        if self.model_ema is None:
+            yield
+            return
+        with self.model_ema.average_weights(self.model.diffusion_model):
+            yield
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -119,6 +148,18 @@ class LatentDiffusionModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update."""
+        super().optimizer_step(*args, **kwargs)
+        if self.model_ema is not None:
+            self.model_ema.update(self.model.diffusion_model)
+
+    def on_validation_epoch_start(self) -> None:
+        self._validation_weights.enter_context(self.ema_scope())
+
+    def on_validation_epoch_end(self) -> None:
+        self._validation_weights.close()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # A fixed generator per batch makes validation losses comparable across steps and runs.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
@@ -129,9 +170,12 @@ class LatentDiffusionModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         cfg = self.diffusion_config
-        optimizer = torch.optim.AdamW(
-            self.model.diffusion_model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-        )
+        groups = [{"params": list(self.model.diffusion_model.parameters()), "lr": cfg.learning_rate}]
+        if self.conditioner_config.trainable:
+            lr = self.conditioner_config.learning_rate or cfg.learning_rate
+            trainable = [p for p in self.cond_stage_model.parameters() if p.requires_grad]
+            groups.append({"params": trainable, "lr": lr})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
         def lr_lambda(step: int) -> float:
             if step < cfg.warmup_steps:

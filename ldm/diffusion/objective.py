@@ -1,7 +1,10 @@
 """The DDPM training objective on latents: sample t and noise, noise the latent, regress the target.
 
 Ho et al. 2020 (Eq. 14, the "simple" loss) for eps; Salimans & Ho 2022 for v; x0 regresses the
-clean latent directly. The loss is the mean squared error over all elements.
+clean latent directly. The loss is the mean squared error over all elements, optionally weighted
+per sample (``ldm.diffusion.weighting``: min-SNR-gamma). Offset noise (Guttenberg 2023) adds a
+per-sample, per-channel constant to the noise, so that the model can learn to change an image's
+mean brightness.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.diffusion.parametrization import check_parameterization
+from ldm.diffusion.schedules import snr_from_alphas_cumprod
+from ldm.diffusion.weighting import check_loss_weighting, loss_weights
 
 
 def q_sample(z0: torch.Tensor, alphas_cumprod_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -36,13 +41,44 @@ def training_target(
     raise AssertionError("unreachable")
 
 
+def sample_noise(
+    z0: torch.Tensor, offset_noise: float = 0.0, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """N(0, I) shaped like z0, plus offset_noise * N(0, 1) per sample and channel when offset_noise > 0."""
+    noise = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
+    if offset_noise > 0:
+        b, c = z0.shape[:2]
+        offset = torch.randn((b, c, 1, 1), device=z0.device, dtype=z0.dtype, generator=generator)
+        noise = noise + offset_noise * offset  # [B, C, 1, 1] broadcast over H, W
+    return noise
+
+
 class DiffusionObjective(nn.Module):
     """Holds the training schedule and computes the denoising loss of a network on clean latents."""
 
-    def __init__(self, alphas_cumprod: torch.Tensor, parameterization: str = "eps"):
+    def __init__(
+        self,
+        alphas_cumprod: torch.Tensor,
+        parameterization: str = "eps",
+        *,
+        loss_weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
+        offset_noise: float = 0.0,
+    ):
         super().__init__()
         check_parameterization(parameterization)
+        check_loss_weighting(loss_weighting, min_snr_gamma)
+        if offset_noise < 0:
+            raise ValueError(f"offset_noise must be >= 0, got {offset_noise}")
+        if parameterization == "eps" and alphas_cumprod[-1] == 0:
+            raise ValueError(
+                "a zero-terminal-SNR schedule needs parameterization v or x0: at SNR 0 the input is the "
+                "noise itself, so predicting eps says nothing about x0 (Lin et al. 2024, Sec. 3.2)"
+            )
         self.parameterization = parameterization
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = min_snr_gamma
+        self.offset_noise = offset_noise
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
 
     @property
@@ -56,11 +92,18 @@ class DiffusionObjective(nn.Module):
         context: torch.Tensor,
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
-        """Mean squared error of network(z_t, t, context) against the target, t ~ U{0..T-1}."""
+        """Mean (weighted) squared error of network(z_t, t, context) against the target, t ~ U{0..T-1}."""
         b = z0.shape[0]
         t = torch.randint(0, self.num_timesteps, (b,), device=z0.device, generator=generator)
-        noise = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
+        noise = sample_noise(z0, self.offset_noise, generator)
         a_t = self.alphas_cumprod[t]
         z_t = q_sample(z0, a_t, noise)
-        prediction = network(z_t, t, context)
-        return F.mse_loss(prediction.float(), training_target(z0, noise, a_t, self.parameterization).float())
+        prediction = network(z_t, t, context).float()
+        target = training_target(z0, noise, a_t, self.parameterization).float()
+        if self.loss_weighting == "uniform":
+            return F.mse_loss(prediction, target)
+        per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)  # [B]
+        weights = loss_weights(
+            snr_from_alphas_cumprod(a_t), self.parameterization, self.loss_weighting, self.min_snr_gamma
+        )
+        return (weights * per_sample).mean()

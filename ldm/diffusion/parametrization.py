@@ -45,6 +45,23 @@ def preconditioning(sigma: torch.Tensor, parameterization: str) -> tuple[torch.T
     raise AssertionError("unreachable")
 
 
+TERMINAL_ALPHA_CUMPROD = 2.0**-24
+"""Stand-in for alpha_bar_T = 0 of a zero-terminal-SNR schedule (as diffusers' Euler scheduler): sigma_T ~ 4096."""
+
+
+def finite_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """alpha_bar with an exact 0 (zero terminal SNR, Lin et al. 2024) replaced by TERMINAL_ALPHA_CUMPROD.
+
+    sigma_T would be infinite. At sigma ~ 4096 a sampler starting from x = sqrt(1 + sigma^2) z_T
+    feeds the network c_in * x = z_T at timestep T, the input it was trained on there, and gets
+    D(x, sigma_T) = x0_hat exactly for x0 and x0_hat + z_T / 4096 for v (eps is refused with such a
+    schedule). Samplers so begin at the true last timestep, as Lin et al. (Sec. 3.3) ask.
+    """
+    return torch.where(
+        alphas_cumprod > 0, alphas_cumprod, torch.full_like(alphas_cumprod, TERMINAL_ALPHA_CUMPROD)
+    )
+
+
 class DiscreteDenoiser(nn.Module):
     """Wraps a U-Net trained on a discrete schedule into D(x, sigma, context) -> x0."""
 
@@ -55,7 +72,7 @@ class DiscreteDenoiser(nn.Module):
         check_parameterization(parameterization)
         self.diffusion_model = diffusion_model
         self.parameterization = parameterization
-        sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.double())
+        sigmas = sigmas_from_alphas_cumprod(finite_alphas_cumprod(alphas_cumprod.double()))
         # Derived from the config, so not saved in checkpoints.
         self.register_buffer("sigmas", sigmas.float(), persistent=False)
         self.register_buffer("log_sigmas", sigmas.log().float(), persistent=False)

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 
+from ldm.samplers.noise import Generators, randn_like
+
 
 @torch.no_grad()
 def sample_ddim(
@@ -24,7 +26,7 @@ def sample_ddim(
     *,
     extra_args: Optional[dict[str, Any]] = None,
     callback: Optional[Callable[[dict[str, Any]], None]] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
     eta: float = 0.0,
 ) -> torch.Tensor:
     """Run DDIM from x at sigmas[0] down to sigmas[-1] (normally 0); returns the final x."""
@@ -45,8 +47,5 @@ def sample_ddim(
         s2 = eta**2 * (1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next)
         x = denoised + (sigma_next**2 - s2 / alpha_bar_next).clamp(min=0).sqrt() * eps
         if eta > 0:
-            noise = torch.randn(
-                x.shape, generator=generator, device=generator.device if generator else x.device
-            )
-            x = x + (s2 / alpha_bar_next).sqrt() * noise.to(x.device, x.dtype)
+            x = x + (s2 / alpha_bar_next).sqrt() * randn_like(x, generator)
     return x

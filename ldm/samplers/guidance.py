@@ -1,6 +1,16 @@
-"""Classifier-free guidance (Ho & Salimans 2022): D = D_u + scale * (D_c - D_u).
+"""Classifier-free guidance (Ho & Salimans 2022): D = D_u + scale * (D_c - D_u), with guidance rescale.
 
-The conditional and unconditional branches run as one batched call.
+The conditional and unconditional branches run as one batched call; the unconditional context is
+the empty prompt's, or a negative prompt's. Guidance rescale (Lin et al. 2024, "Common Diffusion
+Noise Schedules and Sample Steps are Flawed", Eq. 15-16) pulls the per-sample standard deviation of
+the guided prediction back toward the conditional one's, which counters the over-exposure of large
+scales:
+
+    x_rescaled = x_cfg * std(x_pos) / std(x_cfg)                  (Eq. 15)
+    x_final    = phi * x_rescaled + (1 - phi) * x_cfg             (Eq. 16)
+
+Here x is the denoised prediction D (the quantity samplers see). diffusers applies the same formula
+to the network's raw output (eps or v), which gives different numbers for eps networks.
 """
 
 from __future__ import annotations
@@ -11,14 +21,30 @@ from typing import Optional
 import torch
 
 
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Eq. 15-16 of Lin et al. 2024: blend `guided` with its copy rescaled to `cond`'s per-sample std."""
+    if phi == 0:
+        return guided
+    dims = list(range(1, guided.ndim))
+    std_cond = cond.std(dim=dims, keepdim=True)
+    std_guided = guided.std(dim=dims, keepdim=True)
+    rescaled = guided * (std_cond / std_guided)  # Eq. 15
+    return phi * rescaled + (1 - phi) * guided  # Eq. 16
+
+
 class CFGDenoiser:
     """Wraps D(x, sigma, context) into a guided denoiser with the same call signature."""
 
-    def __init__(self, denoiser: Callable[..., torch.Tensor], guidance_scale: float):
+    def __init__(
+        self, denoiser: Callable[..., torch.Tensor], guidance_scale: float, guidance_rescale: float = 0.0
+    ):
         if guidance_scale < 0:
             raise ValueError(f"guidance scale must be >= 0, got {guidance_scale}")
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"guidance rescale must be in [0, 1], got {guidance_rescale}")
         self.denoiser = denoiser
         self.guidance_scale = guidance_scale
+        self.guidance_rescale = guidance_rescale
 
     def __call__(
         self,
@@ -27,6 +53,7 @@ class CFGDenoiser:
         context: torch.Tensor,
         uncond_context: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """Guided denoised estimate; the unguided conditional one when there is no unconditional context."""
         if uncond_context is None or self.guidance_scale == 1.0:
             return self.denoiser(x, sigma, context)
         # [2B, ...]: unconditional first, conditional second
@@ -34,4 +61,5 @@ class CFGDenoiser:
             torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond_context, context])
         )
         uncond, cond = out.chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        guided = uncond + self.guidance_scale * (cond - uncond)
+        return rescale_guidance(guided, cond, self.guidance_rescale)

@@ -142,3 +142,49 @@ def test_trainer_fit_writes_images_and_loadable_checkpoint(tmp_path):
         torch.testing.assert_close(
             restored(val_images, sample_posterior=False)[0], reconstructions, rtol=0, atol=0
         )
+
+
+def test_discriminator_phase_two_optimizers_and_latent_stats(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(
+        learning_rate=1e-3,
+        max_steps=4,
+        disc_start=2,
+        disc_channels=8,
+        disc_num_layers=2,
+        latent_stats_batches=2,
+    )
+    module = AutoencoderModule(config, gradient_clip_val=1.0)
+    assert module.gradient_clip_val == 1.0 and module.loss.discriminator is not None
+    train = DataLoader(ImageDataset(simple_images()), batch_size=1)
+    val = DataLoader(ImageDataset(simple_images()), batch_size=2)
+    trainer = pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    disc_before = [p.detach().clone() for p in module.loss.discriminator.parameters()]
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    assert trainer.global_step == 4  # discriminator steps do not count
+    metrics = trainer.callback_metrics
+    assert {"train/g_loss", "train/d_weight", "train/d_loss", "val/psnr", "val/ssim"} <= set(metrics)
+    assert 0 < metrics["val/ssim"] <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before, module.loss.discriminator.parameters()))
+
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert len(checkpoint["optimizer_states"]) == 2
+    steps = [{int(s["step"]) for s in opt["state"].values()} for opt in checkpoint["optimizer_states"]]
+    assert steps == [{4}, {2}]  # the autoencoder stepped 4 times, the discriminator from step 2 on
+    assert any(k.startswith("loss.discriminator.main.") for k in checkpoint["state_dict"])
+    stats = checkpoint["latent_stats"]
+    assert stats["num_images"] == 4 and len(stats["mean"]) == len(stats["std"]) == 4
+    assert isinstance(stats["scale_factor"], float) and stats["scale_factor"] > 0
+
+    from ldm.autoencoder.latent_stats import stored_scale_factor
+
+    assert stored_scale_factor(path) == stats["scale_factor"]

@@ -4,7 +4,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ldm.conditioning.text import OpenCLIPTextEncoder
+from ldm.conditioning.text import (
+    OpenCLIPTextEncoder,
+    PretrainedWeightsNotFound,
+    check_pretrained_available,
+    without_pretrained,
+)
 from ldm.config import ConditionerConfig
 
 TINY = ConditionerConfig(arch="custom", pretrained=None, context_length=16, width=32, heads=2, layers=3)
@@ -72,3 +77,46 @@ def test_bad_weights_and_names(tmp_path):
         OpenCLIPTextEncoder(dataclasses.replace(TINY, arch="ViT-Q-99", pretrained=None))
     with pytest.raises(ValueError, match="layer"):
         OpenCLIPTextEncoder(dataclasses.replace(TINY, layer="middle"))
+
+
+def test_trainable_encoder_trains_what_produces_the_states():
+    enc = OpenCLIPTextEncoder(dataclasses.replace(TINY, trainable=True))
+    enc.train()
+    assert enc.training
+    states = enc(["a red circle"])
+    states.square().mean().backward()
+    trained = {n for n, p in enc.named_parameters() if p.requires_grad}
+    with_grad = {n for n, p in enc.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained == with_grad  # every trainable parameter gets a gradient (DDP needs no unused ones)
+    assert (
+        "model.token_embedding.weight" in trained and "model.transformer.resblocks.1.ln_1.weight" in trained
+    )
+    assert not any(n.startswith("model.transformer.resblocks.2.") for n in trained)  # penultimate: unused
+    with torch.no_grad():
+        assert not enc(["a red circle"]).requires_grad
+
+
+def test_uncached_weights_offline_give_one_clear_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    cfg = ConditionerConfig(arch="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    with pytest.raises(PretrainedWeightsNotFound) as error:
+        check_pretrained_available(cfg)
+    message = str(error.value)
+    assert "\n" not in message and isinstance(error.value, FileNotFoundError)
+    assert (
+        "'ViT-B-32' weights 'laion2b_s34b_b79k' are not in the local" in message
+        and "HF_HUB_OFFLINE=1" in message
+    )
+    with pytest.raises(
+        ValueError, match="unknown pretrained tag 'laion9b' for open_clip 'ViT-B-32'; available: "
+    ):
+        check_pretrained_available(dataclasses.replace(cfg, pretrained="laion9b"))
+
+
+def test_without_pretrained_keeps_the_network():
+    assert without_pretrained(ConditionerConfig()).arch == "ViT-H-14"  # SD 2's tag needs no QuickGELU
+    openai = without_pretrained(ConditionerConfig(arch="ViT-L-14", pretrained="openai"))
+    assert (openai.arch, openai.pretrained) == ("ViT-L-14-quickgelu", None)

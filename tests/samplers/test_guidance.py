@@ -34,3 +34,30 @@ def test_scale_one_is_conditional_and_zero_unconditional(scale, expected):
 def test_negative_scale_raises():
     with pytest.raises(ValueError):
         CFGDenoiser(Linear(), -1.0)
+
+
+def test_guidance_rescale_follows_eq15_16():
+    # cond = [1, 2, 3] (std 1), uncond = 0, scale 4: guided = [4, 8, 12] (std 4).
+    x, sigma = torch.zeros(1, 3), torch.ones(1)
+    cond, uncond = torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 3)
+    full = CFGDenoiser(Linear(), 4.0, guidance_rescale=1.0)(x, sigma, cond, uncond)
+    torch.testing.assert_close(full, cond)  # Eq. 15: rescaled to the conditional std
+    blend = CFGDenoiser(Linear(), 4.0, guidance_rescale=0.7)(x, sigma, cond, uncond)
+    torch.testing.assert_close(blend, 0.7 * cond + 0.3 * 4 * cond)  # Eq. 16
+
+
+def test_guidance_rescale_is_per_sample():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 5, generator=g)
+    cond = torch.randn(3, 4, 5, 5, generator=g) * torch.tensor([1.0, 2.0, 3.0])[:, None, None, None]
+    uncond = torch.randn(3, 4, 5, 5, generator=g)
+    out = CFGDenoiser(Linear(), 7.5, guidance_rescale=1.0)(x, torch.ones(3), cond, uncond)
+    torch.testing.assert_close(out.std(dim=(1, 2, 3)), (x + cond).std(dim=(1, 2, 3)))
+    plain = CFGDenoiser(Linear(), 7.5)(x, torch.ones(3), cond, uncond)
+    torch.testing.assert_close(plain, x + uncond + 7.5 * (cond - uncond))
+
+
+@pytest.mark.parametrize("rescale", [-0.1, 1.5])
+def test_guidance_rescale_out_of_range_raises(rescale):
+    with pytest.raises(ValueError, match="guidance rescale must be in"):
+        CFGDenoiser(Linear(), 5.0, guidance_rescale=rescale)
