@@ -272,6 +272,8 @@ class DataConfig:
     """Training crop after resizing the short side: center or random (validation is always centred)."""
     flip: bool = False
     """Random horizontal flips in training."""
+    jpeg_draft: bool = True
+    """Decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when the short side stays >= resolution."""
     filters: DataFiltersConfig = field(default_factory=lambda: DataFiltersConfig())
     """Bounds on json metadata and captions; samples outside are skipped (and counted as filtered)."""
     max_skip_fraction: float = 0.5
@@ -280,6 +282,8 @@ class DataConfig:
     """Draw shards with replacement, a fixed number of batches per epoch on every rank (multi-node)."""
     batches_per_epoch: int = 1000
     """Resampled mode: batches per epoch on each rank."""
+    cached_latents: bool = False
+    """The shards hold latents cached by scripts/cache_latents.py (stage=diffusion only; the encoder is skipped)."""
 
 
 @dataclass
@@ -332,6 +336,9 @@ class TrainConfig:
 
     stage: str = "all"
     """all (autoencoder then diffusion), autoencoder, or diffusion."""
+    resume: Optional[str] = None
+    """A stage-1 or stage-2 Lightning checkpoint of an earlier run to continue: weights, optimizer,
+    step, EMA, and the data stream where it stopped. Architecture comes from the checkpoint."""
     seed: int = 0
     """Global seed."""
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)

@@ -35,10 +35,11 @@ from ldm.callbacks import SampleGridCallback
 from ldm.checkpoint import autoencoder_weights, read_checkpoint
 from ldm.conditioning.text import check_pretrained_available, without_pretrained
 from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, register_configs
+from ldm.data.latents import check_cache_autoencoder
 from ldm.data.quality import DataQualityCallback
-from ldm.data.shards import build_datamodule
+from ldm.data.shards import build_datamodule, shard_urls
 from ldm.diffusion.module import LatentDiffusionModule
-from ldm.diffusion.scaling import estimate_scale_factor
+from ldm.diffusion.scaling import scale_factor_of_latents
 from ldm.samplers import get_sampler
 from ldm.sd_checkpoint import PREFIXES, load_initial_weights, read_state_dict
 
@@ -104,14 +105,17 @@ def build_trainer(
     )
 
 
-def train_autoencoder(config: TrainConfig, datamodule: pl.LightningDataModule, run_dir: Path) -> Path:
-    """Stage 1: fit the autoencoder; returns its checkpoint."""
+def train_autoencoder(
+    config: TrainConfig, datamodule: pl.LightningDataModule, run_dir: Path, resume: Optional[str] = None
+) -> Path:
+    """Stage 1: fit the autoencoder (continuing the checkpoint `resume`); returns its checkpoint."""
     root = stage_dir(run_dir, "autoencoder")
     log.info("stage 1: training the autoencoder for %d steps in %s", config.autoencoder.max_steps, root)
-    module = AutoencoderModule(config.autoencoder, gradient_clip_val=config.trainer.gradient_clip_val)
+    ae_config = load_pretrained_autoencoder(config, resume)[0] if resume else config.autoencoder
+    module = AutoencoderModule(ae_config, gradient_clip_val=config.trainer.gradient_clip_val)
     datamodule.batch_size = config.autoencoder.batch_size or config.data.batch_size
     trainer = build_trainer(config, run_dir, "autoencoder", config.autoencoder.max_steps, [])
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     path = root / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
     log.info("stage 1 done: %s (validation: %s)", path, _metrics(trainer))
@@ -155,16 +159,40 @@ def init_from_parts(path: str | Path) -> set[str]:
     return {name for name, prefix in PREFIXES.items() if any(k.startswith(prefix) for k in keys)}
 
 
+def check_cached_latents(config: TrainConfig) -> None:
+    """Cached latents train stage 2 only, with the autoencoder that cached them."""
+    if config.stage != "diffusion":
+        raise ValueError(
+            f"data.cached_latents=true trains the diffusion stage only (stage 1 needs images): set "
+            f"stage=diffusion (got stage={config.stage})"
+        )
+    if not config.autoencoder.ckpt_path:
+        raise ValueError(
+            "data.cached_latents=true needs autoencoder.ckpt_path=<the checkpoint the latents were cached with>"
+        )
+    check_cache_autoencoder(shard_urls(config.data)[0], config.autoencoder.ckpt_path)
+
+
 def train_diffusion(
     config: TrainConfig,
     datamodule: pl.LightningDataModule,
     run_dir: Path,
     autoencoder_ckpt: Optional[Path | str],
+    resume: Optional[str] = None,
 ) -> Path:
     """Stage 2: fit the U-Net on latents of the frozen autoencoder; returns the checkpoint.
 
-    The autoencoder comes from `autoencoder_ckpt`, or else from diffusion.init_from (SD weights).
+    The autoencoder comes from `autoencoder_ckpt`, or else from diffusion.init_from (SD weights);
+    with `resume`, everything comes from that stage-2 checkpoint, which the fit continues.
     """
+    if resume:
+        module = LatentDiffusionModule.from_hparams(
+            read_checkpoint(resume, "diffusion")["hyper_parameters"],
+            diffusion=config.diffusion,
+            sampler=config.sampler,
+        )
+        datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
+        return fit_diffusion(config, module, datamodule, run_dir, resume)
     if autoencoder_ckpt:
         ae_config, ae_state = load_pretrained_autoencoder(config, autoencoder_ckpt)
     else:
@@ -193,12 +221,24 @@ def train_diffusion(
     datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
     if scale_factor is None:
         datamodule.setup("fit")
-        images = (batch["image"] for batch in datamodule.train_dataloader())
-        scale = stored_scale_factor(autoencoder_ckpt) or estimate_scale_factor(
-            module.first_stage_model, images, config.diffusion.scale_batches
+        # Unscaled posterior samples, from the images or from cached moments.
+        latents = (module.posterior_of(batch).sample() for batch in datamodule.train_dataloader())
+        scale = stored_scale_factor(autoencoder_ckpt) or scale_factor_of_latents(
+            latents, config.diffusion.scale_batches
         )
         module.scale_factor.fill_(scale)
         log.info("latent scale factor 1/std = %.4f (from %d batches)", scale, config.diffusion.scale_batches)
+    return fit_diffusion(config, module, datamodule, run_dir)
+
+
+def fit_diffusion(
+    config: TrainConfig,
+    module: LatentDiffusionModule,
+    datamodule: pl.LightningDataModule,
+    run_dir: Path,
+    resume: Optional[str] = None,
+) -> Path:
+    """Run stage 2's Trainer on a built module; returns the checkpoint."""
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info(
         "stage 2: training the U-Net (%.2fM parameters) for %d steps",
@@ -209,7 +249,7 @@ def train_diffusion(
         config.trainer.sample_prompts, every_n_steps=config.trainer.sample_every_n_steps
     )
     trainer = build_trainer(config, run_dir, "diffusion", config.diffusion.max_steps, [grids])
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     path = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
     log.info("stage 2 done: %s (validation: %s)", path, _metrics(trainer))
@@ -220,12 +260,17 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     """Train what `config.stage` asks for in `run_dir`; returns the checkpoints written."""
     if config.stage not in STAGES:
         raise ValueError(f"unknown stage '{config.stage}'; available: {', '.join(STAGES)}")
+    resume_stage = read_checkpoint(config.resume)["ldm_stage"] if config.resume else None
+    if resume_stage == "autoencoder" and config.stage == "diffusion":
+        raise ValueError(f"resume={config.resume} is a stage-1 checkpoint, but stage=diffusion")
+    if resume_stage == "diffusion" and config.stage == "autoencoder":
+        raise ValueError(f"resume={config.resume} is a stage-2 checkpoint, but stage=autoencoder")
     init_parts = init_from_parts(config.diffusion.init_from) if config.diffusion.init_from else set()
     init_autoencoder = "autoencoder" in init_parts
     if "conditioner" in init_parts and config.conditioner.pretrained is not None:
         log.info("text encoder weights from %s, not conditioner.pretrained", config.diffusion.init_from)
         config = replace(config, conditioner=without_pretrained(config.conditioner))
-    if config.stage == "diffusion" and not (config.autoencoder.ckpt_path or init_autoencoder):
+    if config.stage == "diffusion" and not (config.autoencoder.ckpt_path or init_autoencoder or resume_stage):
         raise ValueError(
             "stage=diffusion needs a trained autoencoder: set autoencoder.ckpt_path=<stage-1 checkpoint>"
         )
@@ -235,6 +280,8 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         raise ValueError(f"unknown logger '{config.logger.kind}'; available: {', '.join(LOGGERS)}")
     if config.autoencoder.ckpt_path:
         read_checkpoint(config.autoencoder.ckpt_path)
+    if config.data.cached_latents:
+        check_cached_latents(config)
     if config.stage in ("all", "diffusion"):
         check_pretrained_available(config.conditioner)
     if torch.cuda.is_available():
@@ -245,13 +292,20 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     written: dict[str, Optional[Path]] = {"autoencoder": None, "diffusion": None}
     autoencoder_ckpt = config.autoencoder.ckpt_path
     skip_stage1 = bool(autoencoder_ckpt) or (config.stage == "all" and init_autoencoder)
+    skip_stage1 = (skip_stage1 and resume_stage != "autoencoder") or resume_stage == "diffusion"
     if config.stage in ("all", "autoencoder") and not skip_stage1:
-        autoencoder_ckpt = written["autoencoder"] = train_autoencoder(config, datamodule, run_dir)
+        stage1_resume = config.resume if resume_stage == "autoencoder" else None
+        autoencoder_ckpt = written["autoencoder"] = train_autoencoder(
+            config, datamodule, run_dir, stage1_resume
+        )
     elif config.stage == "all":
-        source = autoencoder_ckpt or config.diffusion.init_from
+        source = (
+            config.resume if resume_stage == "diffusion" else autoencoder_ckpt or config.diffusion.init_from
+        )
         log.info("stage 1 skipped: using the trained autoencoder %s", source)
     if config.stage in ("all", "diffusion"):
-        written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt)
+        stage2_resume = config.resume if resume_stage == "diffusion" else None
+        written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt, stage2_resume)
         log.info(
             'sample with: python scripts/txt2img.py --ckpt %s --prompt "..." --outdir out/',
             written["diffusion"],

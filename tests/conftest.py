@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
+from ldm.autoencoder.model import KLAutoencoder
 from ldm.config import (
     AutoencoderConfig,
     ConditionerConfig,
@@ -41,6 +44,22 @@ def tiny_module_configs() -> dict:
     )
 
 
+def save_tiny_autoencoder(path: Path, config: AutoencoderConfig, seed: int) -> KLAutoencoder:
+    """A randomly initialised autoencoder saved as a stage-1 checkpoint (no latent statistics)."""
+    torch.manual_seed(seed)
+    model = KLAutoencoder.from_config(config).eval()
+    state = {f"autoencoder.{k}": v for k, v in model.state_dict().items()}
+    torch.save(
+        {
+            "ldm_stage": "autoencoder",
+            "state_dict": state,
+            "hyper_parameters": {"autoencoder": asdict(config)},
+        },
+        path,
+    )
+    return model
+
+
 def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command line of this project with the current interpreter."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
@@ -48,6 +67,18 @@ def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def train_on_debug_data(debug_run: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m ldm.train experiment=debug` in `run_dir`, on the debug run's shapes set, no progress bar."""
+    args = [
+        "-m",
+        "ldm.train",
+        "experiment=debug",
+        f"hydra.run.dir={run_dir}",
+        f"data.root={debug_run.parent / 'data'}",
+    ]
+    return run_cli([*args, "trainer.enable_progress_bar=false", *overrides])
 
 
 @pytest.fixture(scope="session")

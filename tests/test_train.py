@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from ldm.checkpoint import read_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_on_debug_data
 
 pytestmark = pytest.mark.slow
 
@@ -72,17 +72,8 @@ def test_txt2img_on_the_trained_checkpoint(debug_run, tmp_path):
 def test_diffusion_stage_alone_from_a_trained_autoencoder(debug_run, tmp_path):
     ae_ckpt = debug_run / "autoencoder" / "checkpoints" / "last.ckpt"
     run_dir = tmp_path / "run"
-    result = run_cli(
-        [
-            "-m",
-            "ldm.train",
-            "experiment=debug",
-            f"hydra.run.dir={run_dir}",
-            f"data.root={debug_run.parent / 'data'}",
-            f"autoencoder.ckpt_path={ae_ckpt}",
-            "diffusion.max_steps=2",
-            "trainer.enable_progress_bar=false",
-        ]
+    result = train_on_debug_data(
+        debug_run, run_dir, f"autoencoder.ckpt_path={ae_ckpt}", "diffusion.max_steps=2"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "autoencoder").exists()  # stage 1 skipped
@@ -114,22 +105,16 @@ def test_bad_training_input_gives_one_clear_line(args, message, tmp_path):
 
 def test_v_prediction_zero_terminal_snr_min_snr_and_ema_through_the_command_line(debug_run, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(
-        [
-            "-m",
-            "ldm.train",
-            "experiment=debug",
-            f"hydra.run.dir={run_dir}",
-            f"data.root={debug_run.parent / 'data'}",
-            f"autoencoder.ckpt_path={debug_run / 'autoencoder' / 'checkpoints' / 'last.ckpt'}",
-            "diffusion.parameterization=v",
-            "diffusion.zero_terminal_snr=true",
-            "diffusion.loss_weighting=min_snr",
-            "diffusion.offset_noise=0.1",
-            "diffusion.ema=true",
-            "diffusion.max_steps=3",
-            "trainer.enable_progress_bar=false",
-        ]
+    result = train_on_debug_data(
+        debug_run,
+        run_dir,
+        f"autoencoder.ckpt_path={debug_run / 'autoencoder' / 'checkpoints' / 'last.ckpt'}",
+        "diffusion.parameterization=v",
+        "diffusion.zero_terminal_snr=true",
+        "diffusion.loss_weighting=min_snr",
+        "diffusion.offset_noise=0.1",
+        "diffusion.ema=true",
+        "diffusion.max_steps=3",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt", expected_stage="diffusion")
@@ -168,3 +153,43 @@ def test_uncached_text_encoder_offline_fails_before_training_in_one_line(tmp_pat
     assert result.returncode != 0 and "Traceback" not in output
     assert "weights 'laion2b_s34b_b79k' are not in the local open_clip / Hugging Face cache" in output
     assert not (tmp_path / "run" / "autoencoder").exists()  # nothing was trained first
+
+
+def _stage2(debug_run, run_dir, *args):
+    ae_ckpt = debug_run / "autoencoder" / "checkpoints" / "last.ckpt"
+    result = train_on_debug_data(debug_run, run_dir, f"autoencoder.ckpt_path={ae_ckpt}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt", expected_stage="diffusion")
+
+
+def test_resumed_diffusion_stage_continues_the_step_and_the_data_stream(debug_run, tmp_path):
+    whole = _stage2(debug_run, tmp_path / "whole", "diffusion.max_steps=20")
+    _stage2(debug_run, tmp_path / "first", "diffusion.max_steps=13")
+    resumed = _stage2(
+        debug_run,
+        tmp_path / "resumed",
+        f"resume={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}",
+        "diffusion.max_steps=20",
+    )
+    assert resumed["global_step"] == whole["global_step"] == 20
+    # 128 images in stage 2's batches of 32: 4 per pass; step 13 is 1 batch into pass 3, step 20 ends pass 4.
+    (stream,) = [rank["stream"] for rank in resumed["ShardDataModule"]["ranks"]]
+    assert stream == whole["ShardDataModule"]["ranks"][0]["stream"]
+    assert stream["epoch"] == 4 and stream["workers"]["0"] == [128, 128]
+    counts = resumed["ShardDataModule"]["ranks"][0]["counts"]
+    assert counts == whole["ShardDataModule"]["ranks"][0]["counts"]
+
+
+def test_resume_rejects_a_checkpoint_of_the_other_stage(debug_run, tmp_path):
+    ae_ckpt = debug_run / "autoencoder" / "checkpoints" / "last.ckpt"
+    args = [
+        "-m",
+        "ldm.train",
+        "experiment=debug",
+        f"hydra.run.dir={tmp_path}",
+        "stage=diffusion",
+        f"resume={ae_ckpt}",
+    ]
+    result = run_cli(args)
+    assert result.returncode != 0
+    assert "is a stage-1 checkpoint, but stage=diffusion" in result.stdout + result.stderr

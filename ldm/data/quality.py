@@ -104,6 +104,7 @@ class SampleCounter:
 
     def __init__(self) -> None:
         self.table = torch.zeros(MAX_WORKERS + 1, len(COLUMNS), dtype=torch.int64).share_memory_()
+        self.base = dict.fromkeys(COLUMNS, 0)
         self._logged: set[str] = set()
 
     def _row(self) -> int:
@@ -122,11 +123,23 @@ class SampleCounter:
         self.table[self._row(), -1] += 1
 
     def totals(self) -> dict[str, int]:
-        """{"read": n, kind: n, ...} summed over all processes."""
-        return {k: int(v) for k, v in zip(COLUMNS, self.table.sum(dim=0).tolist())}
+        """{"read": n, kind: n, ...} summed over all processes (and the earlier totals of ``add``)."""
+        return {k: int(v) + self.base[k] for k, v in zip(COLUMNS, self.table.sum(dim=0).tolist())}
 
     def reset(self) -> None:
         self.table.zero_()
+        self.base = dict.fromkeys(COLUMNS, 0)
+
+    def add(self, totals: dict[str, int]) -> None:
+        """Count on from earlier totals (a resumed run's), kept in this process beside the table."""
+        for kind, n in totals.items():
+            if kind in COLUMNS:
+                self.base[kind] += int(n)
+
+    def snapshot(self) -> torch.Tensor:
+        """This process's row number followed by its row: what a sample carries to say what was read before it."""
+        row = self._row()
+        return torch.cat([torch.tensor([row]), self.table[row]])
 
 
 class DataQualityCallback(pl.Callback):
@@ -158,8 +171,12 @@ class DataQualityCallback(pl.Callback):
         self._batches_this_epoch = 0
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # An epoch without a batch would repeat forever: fewer usable samples than one batch.
-        if getattr(self, "_batches_this_epoch", 1) == 0:
+        # An epoch without a batch would repeat forever: fewer usable samples than one batch. The
+        # first epoch of a resumed fit may rightly be empty (the checkpoint was at its last batch).
+        resumed = getattr(trainer.datamodule, "resuming", False)
+        if resumed:
+            trainer.datamodule.resuming = False
+        if getattr(self, "_batches_this_epoch", 1) == 0 and not resumed:
             counter = self.counter(trainer)
             totals = counter.totals() if counter is not None else {"read": 0, **dict.fromkeys(SKIP_KINDS, 0)}
             raise DataQualityError(

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 
+from ldm.autoencoder.distributions import DiagonalGaussianDistribution
 from ldm.autoencoder.model import KLAutoencoder
 from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
@@ -99,18 +100,25 @@ class LatentDiffusionModule(pl.LightningModule):
         self._validation_weights = contextlib.ExitStack()
 
     @classmethod
-    def from_hparams(cls, hparams: dict[str, Any]) -> LatentDiffusionModule:
+    def from_hparams(
+        cls,
+        hparams: dict[str, Any],
+        *,
+        diffusion: Optional[DiffusionConfig] = None,
+        sampler: Optional[SamplerConfig] = None,
+    ) -> LatentDiffusionModule:
         """Rebuild the module (random weights) from a checkpoint's hyper_parameters.
 
         The text encoder is built without its pretrained weights (the checkpoint holds them), so
-        that loading a checkpoint needs neither the open_clip cache nor a download.
+        that loading a checkpoint needs neither the open_clip cache nor a download. ``diffusion``
+        and ``sampler`` replace the checkpoint's training settings (a resumed run's config).
         """
         return cls(
             autoencoder=AutoencoderConfig(**hparams["autoencoder"]),
             denoiser=UNetConfig(**hparams["denoiser"]),
             conditioner=without_pretrained(ConditionerConfig(**hparams["conditioner"])),
-            diffusion=DiffusionConfig(**hparams["diffusion"]),
-            sampler=SamplerConfig(**hparams["sampler"]),
+            diffusion=diffusion or DiffusionConfig(**hparams["diffusion"]),
+            sampler=sampler or SamplerConfig(**hparams["sampler"]),
             image_size=hparams["image_size"],
         )
 
@@ -130,9 +138,16 @@ class LatentDiffusionModule(pl.LightningModule):
             yield
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> scaled latents (a posterior sample, as LDM)."""
-        return self.first_stage_model.encode(images).sample() * self.scale_factor
+    def posterior_of(self, batch: dict[str, Any]) -> DiagonalGaussianDistribution:
+        """q(z | x) of a batch: from its cached ``moments`` (B x 2C x h x w) or by encoding its ``image``."""
+        if "moments" in batch:
+            return DiagonalGaussianDistribution(batch["moments"].float())
+        return self.first_stage_model.encode(batch["image"])
+
+    def latents_of(self, batch: dict[str, Any], *, sample: bool) -> torch.Tensor:
+        """Scaled latents of a batch: a fresh posterior sample (training) or the posterior mean."""
+        posterior = self.posterior_of(batch)
+        return (posterior.sample() if sample else posterior.mode()) * self.scale_factor
 
     def drop_captions(self, captions: list[str]) -> list[str]:
         """Replace each caption by the empty prompt with probability caption_dropout."""
@@ -142,7 +157,7 @@ class LatentDiffusionModule(pl.LightningModule):
         return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        z = self.encode_images(batch["image"])
+        z = self.latents_of(batch, sample=True)
         context = self.cond_stage_model(self.drop_captions(batch["caption"]))
         loss = self.objective(self.model.diffusion_model, z, context)
         self.log("train/loss", loss, prog_bar=True)
@@ -163,7 +178,7 @@ class LatentDiffusionModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # A fixed generator per batch makes validation losses comparable across steps and runs.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        z = self.first_stage_model.encode(batch["image"]).mode() * self.scale_factor
+        z = self.latents_of(batch, sample=False)
         context = self.cond_stage_model(batch["caption"])
         loss = self.objective(self.model.diffusion_model, z, context, generator=generator)
         self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])

@@ -6,6 +6,7 @@ noise schedule mean the same thing whatever the autoencoder's latent statistics 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import torch
@@ -15,17 +16,20 @@ from torch import nn
 @torch.no_grad()
 def estimate_scale_factor(autoencoder: nn.Module, images: Iterable[torch.Tensor], max_batches: int) -> float:
     """1 / std over all elements of posterior samples of up to `max_batches` image batches."""
+    device = next(autoencoder.parameters()).device
+    latents = (autoencoder.encode(x.to(device)).sample() for x in images)
+    return scale_factor_of_latents(latents, max_batches)
+
+
+@torch.no_grad()
+def scale_factor_of_latents(latents: Iterable[torch.Tensor], max_batches: int) -> float:
+    """1 / std over all elements of up to `max_batches` batches of (unscaled) latents."""
     if max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
-    device = next(autoencoder.parameters()).device
-    latents = []
-    for i, x in enumerate(images):
-        if i >= max_batches:
-            break
-        latents.append(autoencoder.encode(x.to(device)).sample().flatten().float())
-    if not latents:
+    flat = [z.flatten().float() for z in itertools.islice(latents, max_batches)]
+    if not flat:
         raise ValueError("no batches to estimate the latent scale factor from")
-    std = torch.cat(latents).std().item()
+    std = torch.cat(flat).std().item()
     if not std > 0:
         raise ValueError(f"latent std is {std}: the autoencoder's latents are degenerate")
     return 1.0 / std

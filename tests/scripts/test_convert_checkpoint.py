@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ldm.checkpoint import read_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_on_debug_data
 
 pytestmark = pytest.mark.slow
 
@@ -49,18 +49,7 @@ def test_an_sd_file_starts_a_fine_tuning_run(debug_run, tmp_path):
         == 0
     )
     run_dir = tmp_path / "run"
-    result = run_cli(
-        [
-            "-m",
-            "ldm.train",
-            "experiment=debug",
-            f"hydra.run.dir={run_dir}",
-            f"data.root={debug_run.parent / 'data'}",
-            f"diffusion.init_from={sd}",
-            "diffusion.max_steps=2",
-            "trainer.enable_progress_bar=false",
-        ]
-    )
+    result = train_on_debug_data(debug_run, run_dir, f"diffusion.init_from={sd}", "diffusion.max_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "autoencoder").exists()  # the autoencoder came from the SD file
     output = result.stdout + result.stderr

@@ -1,0 +1,204 @@
+"""Raw webdataset samples -> training samples: decode, filter, convert to RGB, resize, crop, flip.
+
+A raw sample is webdataset's dict of member bytes (``png``/``jpg``/``webp``, ``txt``, ``json``, plus
+``__key__`` and ``__url__``). ``ImageDecoder`` turns a stream of them into
+``{"image", "caption", "key", "original_size", "crop_coords"}``, skipping (and counting) every sample
+it cannot use. Random crops and flips are drawn from a generator seeded by the pass seed and the
+sample's shard and key, so an augmentation does not depend on which worker decodes the sample or on
+how far the stream was read before it (what makes a resumed stream exact).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ldm.data.quality import SampleCounter, SampleFilter
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+"""Sample members read as the image, in order of preference."""
+
+CROPS = ("center", "random")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert grayscale, palette, RGBA and other modes to RGB (transparency is dropped)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        # Going through RGBA avoids PIL's warning about palette transparency given as bytes.
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def resize_and_crop(
+    image: Image.Image, resolution: int, rng: random.Random | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Resize the short side to ``resolution`` (antialiased bicubic) and crop a square.
+
+    The crop is centred, or uniformly placed when an ``rng`` is given; returns the crop and its
+    (top, left) corner in the resized image (what SDXL-style crop conditioning uses).
+    """
+    width, height = image.size
+    if (width, height) == (resolution, resolution):
+        return image, (0, 0)
+    scale = resolution / min(width, height)
+    new_width = max(resolution, round(width * scale))
+    new_height = max(resolution, round(height * scale))
+    image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+    if rng is None:
+        left, top = (new_width - resolution) // 2, (new_height - resolution) // 2
+    else:
+        left, top = rng.randint(0, new_width - resolution), rng.randint(0, new_height - resolution)
+    return image.crop((left, top, left + resolution, top + resolution)), (top, left)
+
+
+def resize_and_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize the short side to ``resolution`` (antialiased bicubic) and crop the centre square."""
+    return resize_and_crop(image, resolution)[0]
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a float32 tensor 3xHxW with values in [-1, 1] (0 -> -1, 255 -> 1)."""
+    array = np.asarray(image, dtype=np.uint8)  # h w c
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def open_image(data: bytes, resolution: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode image bytes to RGB; returns the image and its original (height, width).
+
+    With a ``resolution``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short
+    side is still at least ``resolution`` (PIL's draft mode): the bicubic resize that follows sees
+    at least as many pixels as it outputs, and the decode is several times cheaper on large images.
+    """
+    with Image.open(io.BytesIO(data)) as opened:
+        original_size = (opened.height, opened.width)
+        if resolution is not None and opened.format == "JPEG":
+            scale = resolution / min(opened.width, opened.height)
+            if scale < 1:
+                opened.draft("RGB", (math.ceil(opened.width * scale), math.ceil(opened.height * scale)))
+        image = to_rgb(opened)
+        image.load()
+    return image, original_size
+
+
+@dataclass
+class ImageDecoder:
+    """Decodes raw image-text samples for training or validation (see ``decode_stream``)."""
+
+    resolution: int
+    caption_key: str = "txt"
+    crop: str = "center"
+    """center, or random (applied only when the stream augments: training)."""
+    flip: bool = False
+    """Random horizontal flips (only when the stream augments)."""
+    sample_filter: Optional[SampleFilter] = None
+    jpeg_draft: bool = True
+    """Decode JPEGs at a reduced DCT scale when the target is at most half the short side."""
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"unknown crop '{self.crop}'; available: {', '.join(CROPS)}")
+        if self.resolution < 1:
+            raise ValueError(f"resolution must be positive, got {self.resolution}")
+
+    @property
+    def augments(self) -> bool:
+        """Whether training-time augmentation draws random numbers."""
+        return self.crop == "random" or self.flip
+
+    def __call__(
+        self, samples: Iterator[dict], *, counter: SampleCounter, augment_seed: Optional[str] = None
+    ) -> Iterator[dict]:
+        return decode_stream(
+            samples,
+            counter=counter,
+            resolution=self.resolution,
+            caption_key=self.caption_key,
+            augment_seed=augment_seed if self.augments else None,
+            random_crop=self.crop == "random",
+            flip=self.flip,
+            sample_filter=self.sample_filter,
+            jpeg_draft=self.jpeg_draft,
+        )
+
+
+def read_caption(sample: dict, caption_key: str, counter: SampleCounter, where: str) -> Optional[str]:
+    """The sample's caption as text, or None (counted as skipped) when it is missing or not UTF-8."""
+    if caption_key not in sample:
+        counter.skip("missing_caption", f"{where} has no '{caption_key}' member")
+        return None
+    try:
+        return sample[caption_key].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        counter.skip("bad_text", f"{where}: caption is not UTF-8")
+        return None
+
+
+def decode_stream(
+    samples: Iterator[dict],
+    *,
+    counter: SampleCounter,
+    resolution: int,
+    caption_key: str = "txt",
+    augment_seed: Optional[str] = None,
+    random_crop: bool = False,
+    flip: bool = False,
+    sample_filter: SampleFilter | None = None,
+    jpeg_draft: bool = True,
+) -> Iterator[dict]:
+    """Decode raw samples, skipping (and counting in ``counter``) every one that cannot be used.
+
+    Yields ``{"image", "caption", "key", "original_size" [h, w], "crop_coords" [top, left]}``.
+    With an ``augment_seed`` (training), crops are placed at random when ``random_crop`` and images
+    flipped with probability 1/2 when ``flip``, from a generator seeded by the seed, shard and key.
+    The generator pulls one raw sample per decoded one (the stream's position depends on it).
+    """
+    for sample in samples:
+        where = f"sample '{sample.get('__key__')}' in {sample.get('__url__')}"
+        extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if extension is None:
+            counter.skip("missing_image", f"{where} has no {'/'.join(IMAGE_EXTENSIONS)} member")
+            continue
+        caption = read_caption(sample, caption_key, counter, where)
+        if caption is None:
+            continue
+        if sample_filter is not None:
+            meta: dict = {}
+            if sample_filter.needs_metadata:
+                try:
+                    meta = json.loads(sample["json"])
+                except (KeyError, ValueError) as e:
+                    counter.skip("bad_metadata", f"{where}: no readable json metadata ({type(e).__name__})")
+                    continue
+            if not sample_filter.keep(meta, caption):
+                counter.skip("filtered", where)
+                continue
+        try:
+            image, original_size = open_image(sample[extension], resolution if jpeg_draft else None)
+        except Exception as e:  # PIL raises many kinds for broken files
+            counter.skip("unreadable_image", f"{where}: {type(e).__name__}: {e}")
+            continue
+        rng = None
+        if augment_seed is not None:
+            rng = random.Random(f"{augment_seed}-{sample.get('__url__')}-{sample['__key__']}")
+        image, crop_coords = resize_and_crop(image, resolution, rng if random_crop else None)
+        if flip and rng is not None and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        counter.read()
+        yield {
+            "image": image_to_tensor(image),
+            "caption": caption,
+            "key": sample["__key__"],
+            "original_size": torch.tensor(original_size),
+            "crop_coords": torch.tensor(crop_coords),
+        }

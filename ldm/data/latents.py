@@ -1,0 +1,260 @@
+"""Cached latents: shards of autoencoder posteriors, encoded once, that stage 2 trains from.
+
+``scripts/cache_latents.py`` reads image shards in order (centre crops, no augmentation), encodes
+them with the frozen autoencoder and writes, per split, ``OUT/train-000000.tar``, ... and
+``OUT/val-000000.tar``, ... with, for each sample ``KEY``:
+
+* ``KEY.moments.npy``: the posterior's parameters, mean and log-variance stacked on the channel
+  axis (``2C x h x w``, float32 or float16; exactly what the encoder's ``quant_conv`` outputs),
+  so that training still draws a fresh posterior sample every step, as on-the-fly encoding does;
+* ``KEY.txt``: the caption (UTF-8);
+* ``KEY.json``: the image shard's metadata, copied when it had one.
+
+``OUT/cache.json``, beside the shards, records what made them: the autoencoder's fingerprint
+(sha256 of its state dict, ``autoencoder_fingerprint``), the resolution, the moments' shape and
+dtype, and per split the shard pattern and the sample and skip counts. ``data.cached_latents=true``
+reads it to check that stage 2 uses the same autoencoder and resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from ldm.data.decode import ImageDecoder, read_caption
+from ldm.data.quality import SampleCounter, SampleFilter
+from ldm.data.stream import ShardStream
+
+if TYPE_CHECKING:
+    from ldm.autoencoder.model import KLAutoencoder
+    from ldm.config import DataConfig
+
+
+CACHE_FILE = "cache.json"
+"""The description of a latent cache, written beside its shards."""
+CACHE_FORMAT = "ldm-latents-1"
+"""Value of ``cache.json``'s ``format`` entry."""
+MOMENTS_MEMBER = "moments.npy"
+CAPTION_MEMBER = "txt"
+DTYPES = ("float32", "float16")
+
+
+def autoencoder_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict's tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """The fingerprint of the autoencoder in a stage-1 (or stage-2) checkpoint."""
+    from ldm.checkpoint import autoencoder_weights, read_checkpoint
+
+    return autoencoder_fingerprint(autoencoder_weights(read_checkpoint(path))[1])
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as the bytes of a .npy file."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def read_npy(data: bytes) -> np.ndarray:
+    """The array of .npy file bytes (no pickled objects)."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+@dataclass
+class LatentDecoder:
+    """Decodes raw latent-shard samples into ``{"moments": 2C x h x w float32, "caption", "key"}``.
+
+    Samples without moments, with unreadable moments or moments of another shape than
+    ``moments_shape`` (when given), and samples without a readable caption are skipped and counted
+    (as ``ldm.data.decode.ImageDecoder`` does), one raw sample pulled per sample yielded or skipped.
+    """
+
+    moments_shape: Optional[tuple[int, ...]] = None
+    """Expected shape of every moments array (2C, h, w); None accepts any 3-d array."""
+
+    def __call__(
+        self, samples: Iterator[dict], *, counter: SampleCounter, augment_seed: Optional[str] = None
+    ) -> Iterator[dict]:
+        for sample in samples:
+            where = f"sample '{sample.get('__key__')}' in {sample.get('__url__')}"
+            if MOMENTS_MEMBER not in sample:
+                counter.skip("missing_image", f"{where} has no '{MOMENTS_MEMBER}' member")
+                continue
+            caption = read_caption(sample, CAPTION_MEMBER, counter, where)
+            if caption is None:
+                continue
+            try:
+                moments = read_npy(sample[MOMENTS_MEMBER])
+                if moments.ndim != 3 or self.moments_shape not in (None, tuple(moments.shape)):
+                    raise ValueError(f"moments of shape {moments.shape}, expected {self.moments_shape}")
+                tensor = torch.from_numpy(moments.astype(np.float32, copy=False).copy())
+            except Exception as e:  # numpy raises several kinds for broken .npy bytes
+                counter.skip("unreadable_image", f"{where}: {type(e).__name__}: {e}")
+                continue
+            counter.read()
+            yield {"moments": tensor, "caption": caption, "key": sample["__key__"]}
+
+
+def cache_info_path(train_urls: list[str]) -> Path:
+    """Where the cache.json of latent shards is: beside the first training shard (a local path)."""
+    first = train_urls[0]
+    if first.startswith("pipe:") or "://" in first:
+        raise ValueError(
+            f"data.cached_latents=true reads {CACHE_FILE} beside the training shards, which must be local "
+            f"files; got {first}"
+        )
+    return Path(first).parent / CACHE_FILE
+
+
+def read_cache_info(train_urls: list[str]) -> dict[str, Any]:
+    """The cache.json of latent shards, checked to be one."""
+    path = cache_info_path(train_urls)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: data.cached_latents=true needs shards written by scripts/cache_latents.py"
+        )
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path} is not a latent cache description (format {info.get('format')!r})")
+    return info
+
+
+def latent_decoders(cfg: DataConfig, train_urls: list[str]) -> tuple[LatentDecoder, LatentDecoder]:
+    """Training and validation decoders of cached latents, after checking the data config against the cache."""
+    if cfg.crop != "center" or cfg.flip:
+        raise ValueError(
+            "data.cached_latents=true trains on latents of centre crops: set data.crop=center and "
+            f"data.flip=false (got crop={cfg.crop}, flip={cfg.flip})"
+        )
+    if SampleFilter(cfg.filters).active:
+        raise ValueError("data.filters do not apply to cached latents: filter the images before caching them")
+    info = read_cache_info(train_urls)
+    if info["resolution"] != cfg.resolution:
+        raise ValueError(
+            f"the latents were cached at resolution {info['resolution']}, but data.resolution is "
+            f"{cfg.resolution}: set data.resolution={info['resolution']}"
+        )
+    decoder = LatentDecoder(moments_shape=tuple(info["moments_shape"]))
+    return decoder, decoder
+
+
+def check_cache_autoencoder(train_urls: list[str], autoencoder_ckpt: str | Path) -> None:
+    """Raise a ValueError unless the latents were cached with the autoencoder of `autoencoder_ckpt`."""
+    info = read_cache_info(train_urls)
+    cached = info["autoencoder"]["fingerprint"]
+    if checkpoint_fingerprint(autoencoder_ckpt) != cached:
+        raise ValueError(
+            f"the latents in {cache_info_path(train_urls).parent} were cached with another autoencoder "
+            f"({info['autoencoder'].get('checkpoint')}, sha256 {cached[:12]}...) than "
+            f"autoencoder.ckpt_path={autoencoder_ckpt}: cache them again with scripts/cache_latents.py"
+        )
+
+
+@dataclass
+class WithMetadata:
+    """Wraps a decoder, adding each raw sample's ``json`` member (text, '' when absent) to what it yields.
+
+    The decoder pulls one raw sample per sample it yields or skips, so the last raw sample pulled
+    when it yields is the one it decoded.
+    """
+
+    decoder: Any
+
+    def __call__(
+        self, samples: Iterator[dict], *, counter: SampleCounter, augment_seed: Optional[str] = None
+    ) -> Iterator[dict]:
+        last: dict = {}
+
+        def tap() -> Iterator[dict]:
+            for sample in samples:
+                last["json"] = sample.get("json", b"")
+                yield sample
+
+        for decoded in self.decoder(tap(), counter=counter, augment_seed=augment_seed):
+            decoded["json"] = last["json"].decode("utf-8", errors="replace")
+            yield decoded
+
+
+def image_batches(
+    urls: list[str], *, resolution: int, batch_size: int, caption_key: str = "txt", num_workers: int = 0
+) -> tuple[DataLoader, SampleCounter]:
+    """Batches of image shards to cache: in shard order, centre crops, no augmentation, with json metadata.
+
+    Returns the loader and the counter of samples read and skipped.
+    """
+    decoder = WithMetadata(ImageDecoder(resolution, caption_key=caption_key))
+    stream = ShardStream(urls, decoder=decoder, shuffle=False, shuffle_buffer=0, seed=0, split_nodes=False)
+    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers), stream.counter
+
+
+@torch.no_grad()
+def write_latent_shards(
+    autoencoder: KLAutoencoder,
+    batches: Iterable[dict],
+    folder: str | Path,
+    split: str,
+    *,
+    dtype: str = "float32",
+    samples_per_shard: int = 1000,
+) -> dict[str, Any]:
+    """Encode image batches (``image``, ``caption``, ``key``, optional ``json``) into ``folder/split-NNNNNN.tar``.
+
+    Returns ``{"pattern": "split-{000000..00000N}.tar", "shards", "samples", "moments_shape": [2C, h, w]}``.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}'; available: {', '.join(DTYPES)}")
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
+    device = next(autoencoder.parameters()).device
+    shards: list[str] = []
+    count, shape = 0, None
+    pattern = str(Path(folder) / f"{split}-%06d.tar")
+    with wds.ShardWriter(
+        pattern, maxcount=samples_per_shard, verbose=0, encoder=False, post=shards.append
+    ) as sink:
+        for batch in batches:
+            moments = autoencoder.encode(batch["image"].to(device)).parameters  # B x 2C x h x w
+            array = moments.float().cpu().numpy().astype(dtype)
+            shape = list(array.shape[1:])
+            for i, key in enumerate(batch["key"]):
+                sample = {
+                    "__key__": key,
+                    MOMENTS_MEMBER: npy_bytes(array[i]),
+                    CAPTION_MEMBER: batch["caption"][i].encode("utf-8"),
+                }
+                if batch.get("json") and batch["json"][i]:
+                    sample["json"] = batch["json"][i].encode("utf-8")
+                sink.write(sample)
+            count += len(batch["key"])
+    last = len(shards) - 1
+    return {
+        "pattern": f"{split}-000000.tar" if last == 0 else f"{split}-{{000000..{last:06d}}}.tar",
+        "shards": len(shards),
+        "samples": count,
+        "moments_shape": shape,
+    }
+
+
+def write_cache_info(folder: str | Path, info: dict[str, Any]) -> Path:
+    """Write ``info`` (with the format tag) as the folder's cache.json."""
+    path = Path(folder) / CACHE_FILE
+    path.write_text(json.dumps({"format": CACHE_FORMAT, **info}, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,135 @@
+"""Encode image shards once with a frozen autoencoder into latent shards that stage 2 trains from.
+
+    python scripts/cache_latents.py --ckpt RUN/autoencoder/checkpoints/last.ckpt --data shapes \\
+        --resolution 64 --out data/shapes-latents-64
+    python scripts/cache_latents.py --ckpt AE.ckpt --shards '/data/laion/{000000..000099}.tar' \\
+        --val-shards '/data/laion-val/000000.tar' --resolution 256 --out /data/laion-latents
+
+Images are read in shard order, centre-cropped, not augmented; each sample's posterior (mean and
+log-variance, ``ldm.data.latents``) is written with its caption and metadata, and ``cache.json``
+beside the shards records the autoencoder's fingerprint. Then train with the command printed at
+the end (``stage=diffusion data=webdataset data.cached_latents=true ...``). Text embeddings are
+not cached: the text encoder runs at train time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ldm.autoencoder.model import KLAutoencoder
+from ldm.checkpoint import autoencoder_weights, read_checkpoint
+from ldm.config import AutoencoderConfig, DataConfig
+from ldm.data.latents import (
+    DTYPES,
+    autoencoder_fingerprint,
+    image_batches,
+    write_cache_info,
+    write_latent_shards,
+)
+from ldm.data.shards import shard_urls
+from ldm.data.urls import expand_urls
+
+log = logging.getLogger("cache_latents")
+
+
+def split_urls(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The image shards of each split to cache."""
+    if args.shards:
+        splits = {"train": expand_urls(args.shards)}
+        if args.val_shards:
+            splits["val"] = expand_urls(args.val_shards)
+        return splits
+    data = DataConfig(
+        name="shapes",
+        root=args.data_root,
+        resolution=args.resolution,
+        num_train=args.num_train,
+        num_val=args.num_val,
+    )
+    train, val = shard_urls(data)
+    return {"train": train, "val": val}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse flags, encode every split, write cache.json; returns its content."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="stage-1 (or stage-2) checkpoint holding the autoencoder"
+    )
+    parser.add_argument("--out", required=True, help="folder for the latent shards and cache.json")
+    parser.add_argument("--data", choices=("shapes", "webdataset"), default="shapes", help="image set")
+    parser.add_argument("--data-root", default="data/shapes", help="shapes set folder (written if missing)")
+    parser.add_argument("--num-train", type=int, default=DataConfig.num_train, help="shapes training images")
+    parser.add_argument("--num-val", type=int, default=DataConfig.num_val, help="shapes validation images")
+    parser.add_argument(
+        "--shards", default=None, help="webdataset training shards (brace pattern, list, @file)"
+    )
+    parser.add_argument("--val-shards", default=None, help="webdataset validation shards")
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="image side (default: the autoencoder's)"
+    )
+    parser.add_argument("--caption-key", default="txt", help="sample member holding the caption")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the stored moments")
+    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.data == "webdataset" and not args.shards:
+        parser.error("--data webdataset needs --shards")
+    hparams, state = autoencoder_weights(read_checkpoint(args.ckpt))
+    autoencoder = KLAutoencoder.from_config(AutoencoderConfig(**hparams))
+    autoencoder.load_state_dict(state, strict=True)
+    autoencoder = autoencoder.eval().to(args.device)
+    args.resolution = args.resolution or int(hparams["resolution"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, urls in split_urls(args).items():
+        loader, counter = image_batches(
+            urls,
+            resolution=args.resolution,
+            batch_size=args.batch_size,
+            caption_key=args.caption_key,
+            num_workers=args.num_workers,
+        )
+        batches = tqdm(loader, desc=f"{split}: {len(urls)} shards", unit="batch")
+        written = write_latent_shards(
+            autoencoder, batches, out, split, dtype=args.dtype, samples_per_shard=args.samples_per_shard
+        )
+        splits[split] = {
+            **written,
+            "skipped": {k: v for k, v in counter.totals().items() if k != "read" and v},
+        }
+        log.info("%s: %d samples in %d shards (%s)", split, written["samples"], written["shards"], out)
+    info = {
+        "autoencoder": {"fingerprint": autoencoder_fingerprint(state), "checkpoint": str(args.ckpt)},
+        "resolution": args.resolution,
+        "moments_shape": splits["train"]["moments_shape"],
+        "dtype": args.dtype,
+        "splits": {name: {k: v for k, v in s.items() if k != "moments_shape"} for name, s in splits.items()},
+    }
+    write_cache_info(out, info)
+    command = [
+        "python", "-m", "ldm.train", "stage=diffusion", f"autoencoder.ckpt_path={args.ckpt}", "data=webdataset",
+        "data.cached_latents=true", "data.crop=center", f"data.resolution={args.resolution}",
+        f"data.train_shards='{out / splits['train']['pattern']}'",
+    ]  # fmt: skip
+    if "val" in splits:
+        command.append(f"data.val_shards='{out / splits['val']['pattern']}'")
+    log.info("train from the cache with:\n  %s", shlex.join(command))
+    return info
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,214 @@
+"""Cached latents (ldm/data/latents.py): the shards agree with on-the-fly encoding, and misuse fails clearly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from webdataset import TarWriter
+
+from ldm.config import DataConfig, TrainConfig
+from ldm.data.decode import ImageDecoder
+from ldm.data.latents import (
+    LatentDecoder,
+    autoencoder_fingerprint,
+    checkpoint_fingerprint,
+    image_batches,
+    npy_bytes,
+    read_cache_info,
+    write_cache_info,
+    write_latent_shards,
+)
+from ldm.data.shapes import write_shapes_dataset
+from ldm.data.shards import build_datamodule
+from ldm.data.stream import ShardStream
+from ldm.diffusion.module import LatentDiffusionModule
+from ldm.train import run
+from tests.conftest import save_tiny_autoencoder, tiny_module_configs
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A tiny autoencoder (f=2), 12 shapes images in 3 shards, and their latents cached in shards of 5."""
+    root = tmp_path_factory.mktemp("latents")
+    config = tiny_module_configs()["autoencoder"]
+    ckpt = root / "ae.ckpt"
+    model = save_tiny_autoencoder(ckpt, config, seed=0)
+    images = write_shapes_dataset(
+        root / "images", resolution=32, seed=0, num_train=12, num_val=4, samples_per_shard=4
+    )
+    out = root / "cache"
+    out.mkdir()
+    splits = {}
+    for split, urls in (("train", images.train), ("val", images.val)):
+        loader, _ = image_batches(urls, resolution=32, batch_size=3)
+        splits[split] = write_latent_shards(model, loader, out, split, samples_per_shard=5)
+    info = {
+        "autoencoder": {"fingerprint": checkpoint_fingerprint(ckpt), "checkpoint": str(ckpt)},
+        "resolution": 32,
+        "moments_shape": splits["train"]["moments_shape"],
+        "dtype": "float32",
+        "splits": splits,
+    }
+    write_cache_info(out, info)
+    return {"ckpt": ckpt, "model": model, "images": images, "out": out, "splits": splits, "config": config}
+
+
+def read_all(urls: list[str], decoder) -> dict[str, dict]:
+    stream = ShardStream(urls, decoder=decoder, shuffle=False, shuffle_buffer=0, seed=0, split_nodes=False)
+    return {sample["key"]: sample for sample in stream}
+
+
+def train_urls(cache) -> list[str]:
+    return [str(cache["out"] / f"train-{i:06d}.tar") for i in range(cache["splits"]["train"]["shards"])]
+
+
+def test_cached_moments_equal_the_encoder_output(cache):
+    assert cache["splits"]["train"] == {
+        "pattern": "train-{000000..000002}.tar",
+        "shards": 3,  # 12 samples in shards of 5
+        "samples": 12,
+        "moments_shape": [8, 16, 16],  # mean and logvar of 4 channels, 32 / 2
+    }
+    cached = read_all(train_urls(cache), LatentDecoder(moments_shape=(8, 16, 16)))
+    images = read_all(cache["images"].train, ImageDecoder(32))
+    assert sorted(cached) == sorted(images) and len(cached) == 12
+    for key, sample in cached.items():
+        assert sample["caption"] == images[key]["caption"]
+        with torch.no_grad():
+            posterior = cache["model"].encode(images[key]["image"][None])
+        mean, logvar = sample["moments"].chunk(2, dim=0)
+        torch.testing.assert_close(mean, posterior.mean[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(logvar, torch.chunk(posterior.parameters[0], 2)[1], atol=1e-5, rtol=0)
+
+
+def test_float16_cache_rounds_to_half_precision(cache, tmp_path):
+    loader, _ = image_batches(cache["images"].val, resolution=32, batch_size=4)
+    written = write_latent_shards(cache["model"], loader, tmp_path, "val", dtype="float16")
+    assert written["samples"] == 4
+    half = read_all([str(tmp_path / "val-000000.tar")], LatentDecoder())
+    full = read_all([str(cache["out"] / "val-000000.tar")], LatentDecoder())
+    for key, sample in half.items():
+        assert sample["moments"].dtype == torch.float32  # decoded to float32 for training
+        assert torch.equal(sample["moments"], sample["moments"].half().float())  # float16 values
+        # float16 rounding: a relative error of at most 2^-11 (the float32 batches differ by ~1e-7).
+        torch.testing.assert_close(sample["moments"], full[key]["moments"], rtol=2**-11, atol=1e-6)
+        assert not torch.equal(sample["moments"], full[key]["moments"])
+
+
+def test_training_latents_from_the_cache_equal_on_the_fly_ones_without_the_encoder(cache):
+    module = LatentDiffusionModule(**tiny_module_configs())
+    module.first_stage_model.load_state_dict(cache["model"].state_dict())
+    module.scale_factor.fill_(0.7)
+    cached = read_all(train_urls(cache), LatentDecoder())
+    images = read_all(cache["images"].train, ImageDecoder(32))
+    keys = sorted(cached)[:4]
+    image_batch = {"image": torch.stack([images[k]["image"] for k in keys])}
+    moments_batch = {"moments": torch.stack([cached[k]["moments"] for k in keys])}
+    torch.manual_seed(5)
+    on_the_fly = module.latents_of(image_batch, sample=True)
+    mean = module.latents_of(image_batch, sample=False)
+
+    def no_encoder(*args):
+        raise AssertionError("the encoder ran on cached latents")
+
+    module.first_stage_model.encode = no_encoder
+    torch.manual_seed(5)
+    from_cache = module.latents_of(moments_batch, sample=True)
+    assert from_cache.shape == (4, 4, 16, 16)
+    torch.testing.assert_close(from_cache, on_the_fly, atol=1e-5, rtol=0)
+    torch.testing.assert_close(module.latents_of(moments_batch, sample=False), mean, atol=1e-5, rtol=0)
+    assert not torch.allclose(from_cache, mean, atol=1e-3)  # a posterior sample, not the mean
+
+
+def test_latent_decoder_skips_and_counts_broken_samples(tmp_path):
+    good = npy_bytes(np.ones((2, 3, 3), dtype=np.float16))
+    path = tmp_path / "broken.tar"
+    with TarWriter(str(path), encoder=False) as sink:
+        sink.write({"__key__": "ok", "moments.npy": good, "txt": b"a red circle"})
+        sink.write({"__key__": "no_moments", "txt": b"x"})
+        sink.write({"__key__": "bad_npy", "moments.npy": b"not an array", "txt": b"x"})
+        sink.write({"__key__": "wrong_shape", "moments.npy": npy_bytes(np.ones((2, 4, 4))), "txt": b"x"})
+        sink.write({"__key__": "no_caption", "moments.npy": good})
+        sink.write({"__key__": "bad_text", "moments.npy": good, "txt": b"\xff\xfe"})
+    stream = ShardStream(
+        [str(path)], decoder=LatentDecoder(moments_shape=(2, 3, 3)), shuffle=False, shuffle_buffer=0, seed=0
+    )
+    decoded = list(stream)
+    assert [s["key"] for s in decoded] == ["ok"]
+    assert torch.equal(decoded[0]["moments"], torch.ones(2, 3, 3)) and decoded[0]["caption"] == "a red circle"
+    totals = stream.counter.totals()
+    assert (totals["read"], totals["missing_image"], totals["unreadable_image"]) == (1, 1, 2)
+    assert (totals["missing_caption"], totals["bad_text"]) == (1, 1)
+
+
+def test_fingerprint_follows_the_weights_not_the_file(cache, tmp_path):
+    state = cache["model"].state_dict()
+    assert checkpoint_fingerprint(cache["ckpt"]) == autoencoder_fingerprint(state)
+    changed = dict(state)
+    name = next(iter(state))
+    changed[name] = state[name].clone()
+    changed[name].view(-1)[0] += 1e-3
+    assert autoencoder_fingerprint(changed) != autoencoder_fingerprint(state)
+    assert len(autoencoder_fingerprint(state)) == 64
+
+
+def cached_data(cache, **overrides) -> DataConfig:
+    urls = cache["out"] / cache["splits"]["train"]["pattern"]
+    data = DataConfig(
+        name="webdataset", train_shards=str(urls), cached_latents=True, resolution=32, batch_size=4
+    )
+    return replace(data, num_workers=0, **overrides)
+
+
+def test_datamodule_serves_moments(cache):
+    datamodule = build_datamodule(cached_data(cache, val_shards=str(cache["out"] / "val-000000.tar")))
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.val_dataloader()))
+    assert batch["moments"].shape == (4, 8, 16, 16) and "image" not in batch
+    assert read_cache_info(datamodule.train_urls)["splits"]["val"]["samples"] == 4
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"crop": "random"}, "set data.crop=center and data.flip=false"),
+        ({"flip": True}, "set data.crop=center and data.flip=false"),
+        ({"resolution": 64}, "cached at resolution 32, but data.resolution is 64"),
+        ({"name": "shapes"}, "use data=webdataset"),
+    ],
+)
+def test_data_config_errors(cache, overrides, message, tmp_path):
+    if overrides.get("name") == "shapes":
+        overrides = {**overrides, "root": str(tmp_path), "num_train": 4, "num_val": 4, "samples_per_shard": 4}
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        build_datamodule(cached_data(cache, **overrides))
+
+
+def test_missing_cache_description(cache):
+    data = cached_data(cache)
+    data.train_shards = str(cache["images"].train[0])
+    with pytest.raises(FileNotFoundError, match="needs shards written by scripts/cache_latents.py"):
+        build_datamodule(data)
+
+
+@pytest.mark.parametrize(
+    "stage,other_autoencoder,message",
+    [
+        ("all", False, "trains the diffusion stage only"),
+        ("autoencoder", False, "trains the diffusion stage only"),
+        ("diffusion", True, "were cached with another autoencoder"),
+    ],
+)
+def test_training_errors(cache, tmp_path, stage, other_autoencoder, message):
+    ckpt = cache["ckpt"]
+    if other_autoencoder:
+        ckpt = tmp_path / "other.ckpt"
+        save_tiny_autoencoder(ckpt, cache["config"], seed=1)
+    config = TrainConfig(stage=stage, data=cached_data(cache))
+    config.autoencoder.ckpt_path = str(ckpt)
+    with pytest.raises(ValueError, match=message):
+        run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

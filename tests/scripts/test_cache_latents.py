@@ -1,0 +1,98 @@
+"""scripts/cache_latents.py through its command line, then stage 2 trained from the cache it wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+
+import pytest
+import torch
+
+from ldm.checkpoint import read_checkpoint
+from ldm.data.latents import LatentDecoder, checkpoint_fingerprint
+from ldm.data.stream import ShardStream
+from tests.conftest import run_cli, save_tiny_autoencoder, tiny_module_configs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    """A tiny autoencoder, and the latents of a 24 + 8 image shapes set cached by the script."""
+    root = tmp_path_factory.mktemp("cache_latents")
+    ckpt = root / "ae.ckpt"
+    save_tiny_autoencoder(ckpt, tiny_module_configs()["autoencoder"], seed=0)
+    out = root / "latents"
+    args = ["--ckpt", str(ckpt), "--data", "shapes", "--data-root", str(root / "shapes"), "--out", str(out)]
+    args += ["--num-train", "24", "--num-val", "8", "--batch-size", "8", "--samples-per-shard", "10"]
+    result = run_cli(["scripts/cache_latents.py", *args])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"ckpt": ckpt, "out": out, "output": result.stdout + result.stderr}
+
+
+def test_cache_json_describes_the_shards(cached):
+    info = json.loads((cached["out"] / "cache.json").read_text())
+    assert info["autoencoder"]["fingerprint"] == checkpoint_fingerprint(cached["ckpt"])
+    assert (info["resolution"], info["moments_shape"], info["dtype"]) == (32, [8, 16, 16], "float32")
+    assert info["splits"]["train"] == {
+        "pattern": "train-{000000..000002}.tar",
+        "shards": 3,
+        "samples": 24,
+        "skipped": {},
+    }
+    assert info["splits"]["val"] == {"pattern": "val-000000.tar", "shards": 1, "samples": 8, "skipped": {}}
+    assert sorted(p.name for p in cached["out"].glob("*.tar")) == [
+        "train-000000.tar",
+        "train-000001.tar",
+        "train-000002.tar",
+        "val-000000.tar",
+    ]
+
+
+def test_training_from_the_printed_command(cached, tmp_path):
+    output = cached["output"]
+    command = shlex.split(output.split("train from the cache with:")[1].strip().splitlines()[0])
+    assert command[:4] == ["python", "-m", "ldm.train", "stage=diffusion"]
+    run_dir = tmp_path / "run"
+    extra = [
+        "experiment=debug",
+        f"hydra.run.dir={run_dir}",
+        "diffusion.max_steps=3",
+        "diffusion.batch_size=8",
+    ]
+    result = run_cli([*command[1:], *extra, "trainer.enable_progress_bar=false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt", expected_stage="diffusion")
+    assert checkpoint["global_step"] == 3
+    autoencoder = read_checkpoint(cached["ckpt"])["state_dict"]
+    for key, value in autoencoder.items():
+        assert torch.equal(checkpoint["state_dict"]["first_stage_model." + key[len("autoencoder.") :]], value)
+    # The scale factor was estimated from posterior samples of the cached moments (2 batches of 8).
+    stream = ShardStream(
+        sorted(str(p) for p in cached["out"].glob("train-*.tar")),
+        decoder=LatentDecoder(),
+        shuffle=False,
+        shuffle_buffer=0,
+        seed=0,
+    )
+    moments = torch.stack([sample["moments"] for sample in stream])
+    mean, logvar = moments.chunk(2, dim=1)
+    std = (mean.var() + logvar.exp().mean()).sqrt().item()  # std of mean + exp(logvar / 2) * eps
+    assert checkpoint["state_dict"]["scale_factor"].item() == pytest.approx(1 / std, rel=0.05)
+    rows = list(csv.DictReader(open(run_dir / "logs" / "diffusion" / "metrics.csv")))
+    assert any(row.get("val/loss") for row in rows)
+
+
+def test_training_refuses_another_autoencoder(cached, tmp_path):
+    command = shlex.split(cached["output"].split("train from the cache with:")[1].strip().splitlines()[0])
+    other = tmp_path / "other.ckpt"
+    save_tiny_autoencoder(other, tiny_module_configs()["autoencoder"], seed=1)
+    command = [
+        arg if not arg.startswith("autoencoder.ckpt_path=") else f"autoencoder.ckpt_path={other}"
+        for arg in command
+    ]
+    result = run_cli([*command[1:], "experiment=debug", f"hydra.run.dir={tmp_path / 'run'}"])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "were cached with another autoencoder" in output
+    assert "Traceback" not in output
