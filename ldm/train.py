@@ -35,6 +35,7 @@ from ldm.callbacks import SampleGridCallback
 from ldm.checkpoint import autoencoder_weights, read_checkpoint
 from ldm.conditioning.text import check_pretrained_available, without_pretrained
 from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, register_configs
+from ldm.data.decode import model_inputs
 from ldm.data.latents import check_cache_autoencoder
 from ldm.data.quality import DataQualityCallback
 from ldm.data.shards import build_datamodule, shard_urls
@@ -222,7 +223,8 @@ def train_diffusion(
     if scale_factor is None:
         datamodule.setup("fit")
         # Unscaled posterior samples, from the images or from cached moments.
-        latents = (module.posterior_of(batch).sample() for batch in datamodule.train_dataloader())
+        loader = datamodule.train_dataloader()
+        latents = (module.posterior_of(model_inputs(batch)).sample() for batch in loader)
         scale = stored_scale_factor(autoencoder_ckpt) or scale_factor_of_latents(
             latents, config.diffusion.scale_batches
         )

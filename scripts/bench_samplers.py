@@ -68,6 +68,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # Warm-up (first-call allocations), not timed.
     evaluate_shapes(pipe, n_per_prompt=1, sampler=sampler_preset(pipe.sampler, "ddim", steps=1))
 
+    meta = {
+        "ckpt": str(args.ckpt),
+        "device": str(pipe.device),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     rows = []
     for name in args.samplers:
         for steps in args.steps:
@@ -94,18 +103,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "shape_accuracy": score.shape_accuracy,
                 "n": score.n,
                 "wall_s": round(wall, 2),
-                "cpu_s": round(cpu, 2),  # all threads; less sensitive than wall_s to other work
+                "cpu_s": round(cpu, 2),  # process CPU time, all threads
                 "load_1min": round(os.getloadavg()[0], 2),  # other work on the machine inflates wall_s
             }
             rows.append(row)
             logging.getLogger("bench").info("%s", json.dumps(row))
-    if args.out:
-        meta = {
-            "ckpt": str(args.ckpt),
-            "device": str(pipe.device),
-            "machine": platform.processor() or platform.machine(),
-        }
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+            if args.out:  # after every row, so that an interrupted run keeps what it measured
+                Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     sys.stdout.write(markdown_table(rows))
     return rows
 

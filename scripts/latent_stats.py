@@ -19,6 +19,7 @@ import torch
 from ldm.autoencoder.latent_stats import CHECKPOINT_KEY, compute_latent_stats
 from ldm.checkpoint import load_autoencoder, read_checkpoint
 from ldm.config import DataConfig
+from ldm.data.decode import model_inputs
 from ldm.data.shards import build_datamodule
 
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     data.batch_size = args.batch_size
     datamodule = build_datamodule(data)
     datamodule.setup("fit")
-    images = (batch["image"] for batch in datamodule.val_dataloader())
+    images = (model_inputs(batch)["image"] for batch in datamodule.val_dataloader())
     stats = compute_latent_stats(autoencoder, images, args.batches)
     json.dump(stats, sys.stdout, indent=2)
     sys.stdout.write("\n")

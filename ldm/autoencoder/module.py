@@ -28,6 +28,7 @@ from ldm.autoencoder.losses import AutoencoderLoss
 from ldm.autoencoder.model import KLAutoencoder
 from ldm.autoencoder.perceptual import load_lpips
 from ldm.config import AutoencoderConfig
+from ldm.data.decode import model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class AutoencoderModule(pl.LightningModule):
             return
         was_training = self.autoencoder.training
         self.autoencoder.eval()
-        images = (batch["image"] for batch in loader)
+        images = (model_inputs(batch)["image"] for batch in loader)
         self.latent_stats = compute_latent_stats(self.autoencoder, images, self.config.latent_stats_batches)
         self.autoencoder.train(was_training)
         logger.info(

@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from ldm.data.quality import SampleCounter, SampleFilter
@@ -41,36 +42,51 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_and_crop(
-    image: Image.Image, resolution: int, rng: random.Random | None = None
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Resize the short side to ``resolution`` (antialiased bicubic) and crop a square.
+    image: torch.Tensor, resolution: int, rng: random.Random | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resize a uint8 C x H x W image's short side to ``resolution`` (antialiased bicubic), crop a square.
 
     The crop is centred, or uniformly placed when an ``rng`` is given; returns the crop and its
-    (top, left) corner in the resized image (what SDXL-style crop conditioning uses).
+    (top, left) corner in the resized image (what SDXL-style crop conditioning uses). torchvision's
+    uint8 kernels give PIL's result (within one level) at a third of PIL's cost.
     """
-    width, height = image.size
+    height, width = image.shape[-2:]
     if (width, height) == (resolution, resolution):
         return image, (0, 0)
     scale = resolution / min(width, height)
     new_width = max(resolution, round(width * scale))
     new_height = max(resolution, round(height * scale))
-    image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+    image = TF.resize(
+        image, [new_height, new_width], interpolation=TF.InterpolationMode.BICUBIC, antialias=True
+    )
     if rng is None:
         left, top = (new_width - resolution) // 2, (new_height - resolution) // 2
     else:
         left, top = rng.randint(0, new_width - resolution), rng.randint(0, new_height - resolution)
-    return image.crop((left, top, left + resolution, top + resolution)), (top, left)
+    return image[:, top : top + resolution, left : left + resolution], (top, left)
 
 
-def resize_and_center_crop(image: Image.Image, resolution: int) -> Image.Image:
-    """Resize the short side to ``resolution`` (antialiased bicubic) and crop the centre square."""
-    return resize_and_crop(image, resolution)[0]
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a uint8 tensor 3 x H x W."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def to_model_range(image: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
+    return image.float().div_(127.5).sub_(1.0)
+
+
+def model_inputs(batch: dict) -> dict:
+    """A batch with its uint8 ``image`` (if any) in the models' float range [-1, 1]."""
+    image = batch.get("image")
+    if image is None or image.dtype != torch.uint8:
+        return batch
+    return {**batch, "image": to_model_range(image)}
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """An RGB image as a float32 tensor 3xHxW with values in [-1, 1] (0 -> -1, 255 -> 1)."""
-    array = np.asarray(image, dtype=np.uint8)  # h w c
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+    return to_model_range(pil_to_uint8(image))
 
 
 def open_image(data: bytes, resolution: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
@@ -104,6 +120,8 @@ class ImageDecoder:
     sample_filter: Optional[SampleFilter] = None
     jpeg_draft: bool = True
     """Decode JPEGs at a reduced DCT scale when the target is at most half the short side."""
+    uint8: bool = False
+    """Yield uint8 pixels (a quarter of the bytes to collate and move; ``model_inputs`` converts)."""
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -129,6 +147,7 @@ class ImageDecoder:
             flip=self.flip,
             sample_filter=self.sample_filter,
             jpeg_draft=self.jpeg_draft,
+            uint8=self.uint8,
         )
 
 
@@ -155,10 +174,12 @@ def decode_stream(
     flip: bool = False,
     sample_filter: SampleFilter | None = None,
     jpeg_draft: bool = True,
+    uint8: bool = False,
 ) -> Iterator[dict]:
     """Decode raw samples, skipping (and counting in ``counter``) every one that cannot be used.
 
-    Yields ``{"image", "caption", "key", "original_size" [h, w], "crop_coords" [top, left]}``.
+    Yields ``{"image", "caption", "key", "original_size" [h, w], "crop_coords" [top, left]}``, the
+    image 3 x H x W in [-1, 1] (float32), or in 0..255 (uint8) when ``uint8``.
     With an ``augment_seed`` (training), crops are placed at random when ``random_crop`` and images
     flipped with probability 1/2 when ``flip``, from a generator seeded by the seed, shard and key.
     The generator pulls one raw sample per decoded one (the stream's position depends on it).
@@ -191,12 +212,12 @@ def decode_stream(
         rng = None
         if augment_seed is not None:
             rng = random.Random(f"{augment_seed}-{sample.get('__url__')}-{sample['__key__']}")
-        image, crop_coords = resize_and_crop(image, resolution, rng if random_crop else None)
+        pixels, crop_coords = resize_and_crop(pil_to_uint8(image), resolution, rng if random_crop else None)
         if flip and rng is not None and rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            pixels = pixels.flip(-1)
         counter.read()
         yield {
-            "image": image_to_tensor(image),
+            "image": pixels if uint8 else to_model_range(pixels),
             "caption": caption,
             "key": sample["__key__"],
             "original_size": torch.tensor(original_size),

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ldm.data.decode import ImageDecoder
+from ldm.data.decode import ImageDecoder, model_inputs
 from ldm.data.latents import latent_decoders
 from ldm.data.quality import COLUMNS, SampleFilter
 from ldm.data.stream import POSITION_KEY, ShardStream, StreamPosition
@@ -26,13 +26,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DECODER_OPTIONS = ("resolution", "caption_key", "crop", "flip", "sample_filter", "jpeg_draft")
+DECODER_OPTIONS = ("resolution", "caption_key", "crop", "flip", "sample_filter", "jpeg_draft", "uint8")
 
 
 def shard_dataset(urls: list[str], **options: Any) -> ShardStream:
     """Decoded image-text samples of webdataset shards (see ``ldm.data.decode.decode_stream``).
 
-    Options are ImageDecoder's (resolution, caption_key, crop, flip, sample_filter, jpeg_draft) and
+    Options are ImageDecoder's (resolution, caption_key, crop, flip, sample_filter, jpeg_draft, uint8) and
     ShardStream's (shuffle, shuffle_buffer, seed, split_nodes, resampled, batches_per_epoch, batch_size).
     """
     decoder = ImageDecoder(**{k: options.pop(k) for k in DECODER_OPTIONS if k in options})
@@ -42,8 +42,10 @@ def shard_dataset(urls: list[str], **options: Any) -> ShardStream:
 class ShardDataModule(pl.LightningDataModule):
     """Training and validation batches streamed from webdataset shards.
 
-    Batches are ``{"image": B x 3 x H x W in [-1, 1], "caption": list[str], "key": list[str],
-    "original_size", "crop_coords": B x 2}`` (or what ``decoder`` yields, for cached latents);
+    Batches are ``{"image": B x 3 x H x W, "caption": list[str], "key": list[str], "original_size",
+    "crop_coords": B x 2}`` (or what ``decoders`` yield, for cached latents). Images leave the
+    loaders as uint8 and reach the model as float in [-1, 1] (``on_after_batch_transfer``); code
+    that iterates the loaders itself converts with ``ldm.data.decode.model_inputs``.
     ``train_counter`` counts what the training stream read and skipped (ldm.data.quality). The
     training stream is one pass over its shards per epoch, shuffled differently (and reproducibly)
     each epoch, with random crops and flips when asked; validation is read in shard order with
@@ -88,8 +90,9 @@ class ShardDataModule(pl.LightningDataModule):
         self.seed = seed
         if decoders is None:
             common = dict(resolution=resolution, caption_key=caption_key, sample_filter=sample_filter)
-            train_decoder = ImageDecoder(crop=crop, flip=flip, jpeg_draft=jpeg_draft, **common)
-            val_decoder = ImageDecoder(jpeg_draft=jpeg_draft, **common)
+            common.update(jpeg_draft=jpeg_draft, uint8=True)  # converted to float on the device
+            train_decoder = ImageDecoder(crop=crop, flip=flip, **common)
+            val_decoder = ImageDecoder(**common)
         else:
             train_decoder, val_decoder = decoders
         self.train_dataset = ShardStream(
@@ -149,6 +152,10 @@ class ShardDataModule(pl.LightningDataModule):
             if self.trainer is not None and self.trainer.training:
                 self.position.update(rows)
         return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images -> float in [-1, 1], on the device (cheap there; 4x less to move)."""
+        return model_inputs(batch) if isinstance(batch, dict) else batch
 
     def state_dict(self) -> dict[str, Any]:
         """The training stream's position on every rank, and its read/skip counts up to there (plain types)."""
