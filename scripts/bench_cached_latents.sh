@@ -1,0 +1,36 @@
+#!/bin/bash
+# Stage-2 seconds per step, encoding 64x64 shapes images on the fly vs training from cached latents.
+#
+#   scripts/bench_cached_latents.sh RUN/autoencoder/checkpoints/last.ckpt [OUT]
+#
+# Caches the latents of a 4,000-image shapes set at 64x64 with that autoencoder, then runs
+# `python -m ldm.train stage=diffusion` for 20 and for 80 steps in each mode; the difference of the
+# two wall times over 60 steps is the per-step time without start-up, validation or data writing.
+# Run from the repository root, alone on the machine.
+set -euo pipefail
+AE=$1
+OUT=${2:-/tmp/cachebench}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+: > "$OUT/times.txt"
+COMMON="stage=diffusion autoencoder.ckpt_path=$AE data.resolution=64 data.num_workers=1 trainer.sample_every_n_steps=0 trainer.enable_progress_bar=false"
+SHAPES="data=shapes data.root=$OUT/shapes64 data.num_train=4000 data.num_val=256"
+$PY scripts/cache_latents.py --ckpt "$AE" --data shapes --data-root "$OUT/shapes64" --num-train 4000 \
+    --num-val 256 --resolution 64 --out "$OUT/lat64" > "$OUT/cache.log" 2>&1
+LAST=$(printf "%06d" $(($(ls "$OUT"/lat64/train-*.tar | wc -l) - 1)))
+LASTV=$(printf "%06d" $(($(ls "$OUT"/lat64/val-*.tar | wc -l) - 1)))
+CACHED="data=webdataset data.cached_latents=true data.crop=center \"data.train_shards='$OUT/lat64/train-{000000..$LAST}.tar'\" \"data.val_shards='$OUT/lat64/val-{000000..$LASTV}.tar'\""
+declare -A WALL
+for steps in 20 80; do
+  for mode in onthefly cached; do
+    if [ $mode = onthefly ]; then DATA="$SHAPES"; else DATA="$CACHED"; fi
+    start=$(date +%s.%N)
+    eval "$PY" -m ldm.train $COMMON $DATA diffusion.max_steps=$steps "hydra.run.dir=$OUT/run-$mode-$steps" \
+        > "$OUT/run-$mode-$steps.log" 2>&1
+    WALL[$mode-$steps]=$(awk "BEGIN {print $(date +%s.%N) - $start}")
+    echo "$mode $steps steps: ${WALL[$mode-$steps]} s" | tee -a "$OUT/times.txt"
+  done
+done
+for mode in onthefly cached; do
+  echo "$mode: $(awk "BEGIN {print (${WALL[$mode-80]} - ${WALL[$mode-20]}) / 60}") s/step" | tee -a "$OUT/times.txt"
+done
