@@ -4,9 +4,9 @@
 #   scripts/bench_cached_latents.sh RUN/autoencoder/checkpoints/last.ckpt [OUT]
 #
 # Caches the latents of a 4,000-image shapes set at 64x64 with that autoencoder, then runs
-# `python -m ldm.train stage=diffusion` for 20 and for 80 steps in each mode; the difference of the
-# two wall times over 60 steps is the per-step time without start-up, validation or data writing.
-# Run from the repository root, alone on the machine.
+# `python -m ldm.train stage=diffusion` for SHORT (20) and for LONG (200) steps in each mode; the
+# difference of the two wall times over LONG - SHORT steps is the per-step time without start-up,
+# validation or data writing. Run from the repository root, alone on the machine.
 set -euo pipefail
 AE=$1
 OUT=${2:-/tmp/cachebench}
@@ -20,8 +20,10 @@ $PY scripts/cache_latents.py --ckpt "$AE" --data shapes --data-root "$OUT/shapes
 LAST=$(printf "%06d" $(($(ls "$OUT"/lat64/train-*.tar | wc -l) - 1)))
 LASTV=$(printf "%06d" $(($(ls "$OUT"/lat64/val-*.tar | wc -l) - 1)))
 CACHED="data=webdataset data.cached_latents=true data.crop=center \"data.train_shards='$OUT/lat64/train-{000000..$LAST}.tar'\" \"data.val_shards='$OUT/lat64/val-{000000..$LASTV}.tar'\""
+SHORT=${SHORT:-20}
+LONG=${LONG:-200}
 declare -A WALL
-for steps in 20 80; do
+for steps in $SHORT $LONG; do
   for mode in onthefly cached; do
     if [ $mode = onthefly ]; then DATA="$SHAPES"; else DATA="$CACHED"; fi
     start=$(date +%s.%N)
@@ -32,5 +34,6 @@ for steps in 20 80; do
   done
 done
 for mode in onthefly cached; do
-  echo "$mode: $(awk "BEGIN {print (${WALL[$mode-80]} - ${WALL[$mode-20]}) / 60}") s/step" | tee -a "$OUT/times.txt"
+  per_step=$(awk "BEGIN {print (${WALL[$mode-$LONG]} - ${WALL[$mode-$SHORT]}) / ($LONG - $SHORT)}")
+  echo "$mode: $per_step s/step" | tee -a "$OUT/times.txt"
 done
