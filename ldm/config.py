@@ -282,6 +282,9 @@ class DataConfig:
     """Draw shards with replacement, a fixed number of batches per epoch on every rank (multi-node)."""
     batches_per_epoch: int = 1000
     """Resampled mode: batches per epoch on each rank."""
+    train_weights: Optional[list[float]] = None
+    """Resampled mode: relative weights of the '::'-separated sources of train_shards (their shares of
+    the shard draws, so of the samples when shards hold alike numbers of samples)."""
     cached_latents: bool = False
     """The shards hold latents cached by scripts/cache_latents.py (stage=diffusion only; the encoder is skipped)."""
 

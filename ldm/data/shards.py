@@ -19,7 +19,7 @@ from ldm.data.decode import ImageDecoder, model_inputs
 from ldm.data.latents import latent_decoders
 from ldm.data.quality import COLUMNS, SampleFilter
 from ldm.data.stream import POSITION_KEY, ShardStream, StreamPosition
-from ldm.data.urls import expand_urls
+from ldm.data.urls import expand_sources, expand_urls, mixture_weights
 
 if TYPE_CHECKING:
     from ldm.config import DataConfig
@@ -73,6 +73,7 @@ class ShardDataModule(pl.LightningDataModule):
         batches_per_epoch: int | None = None,
         jpeg_draft: bool = True,
         decoders: Optional[tuple[Any, Any]] = None,
+        url_weights: Optional[list[float]] = None,
     ):
         super().__init__()
         if not train_urls:
@@ -103,6 +104,7 @@ class ShardDataModule(pl.LightningDataModule):
             seed=seed,
             resampled=resampled,
             batches_per_epoch=batches_per_epoch,
+            url_weights=url_weights,
         )
         self.train_counter = self.train_dataset.counter
         # Every rank validates on all of the validation shards: there are often fewer than ranks.
@@ -207,6 +209,11 @@ def build_datamodule(cfg: DataConfig) -> ShardDataModule:
         )
     train, val = shard_urls(cfg)
     decoders = latent_decoders(cfg, train) if cfg.cached_latents else None
+    url_weights = None
+    if cfg.train_weights is not None:
+        if cfg.name != "webdataset":
+            raise ValueError("data.train_weights mixes the sources of data.train_shards: use data=webdataset")
+        url_weights = mixture_weights(expand_sources(cfg.train_shards), cfg.train_weights)
     return ShardDataModule(
         train,
         val,
@@ -223,4 +230,5 @@ def build_datamodule(cfg: DataConfig) -> ShardDataModule:
         batches_per_epoch=cfg.batches_per_epoch if cfg.resampled else None,
         jpeg_draft=cfg.jpeg_draft,
         decoders=decoders,
+        url_weights=url_weights,
     )

@@ -50,7 +50,8 @@ class ShardStream(IterableDataset):
     With ``resampled``, shards are not split: every worker of every rank draws shards with
     replacement (seeded by ``(seed, e, rank, worker)``) and yields exactly its share of
     ``batches_per_epoch * batch_size`` samples, so every rank gets the same number of batches per
-    epoch (uneven batch counts hang DDP) whatever the shard count.
+    epoch (uneven batch counts hang DDP) whatever the shard count. ``url_weights`` (resampled only)
+    draw shard i with probability proportional to ``url_weights[i]``: how sources are mixed.
     """
 
     def __init__(
@@ -65,8 +66,15 @@ class ShardStream(IterableDataset):
         resampled: bool = False,
         batches_per_epoch: Optional[int] = None,
         batch_size: Optional[int] = None,
+        url_weights: Optional[list[float]] = None,
     ):
         super().__init__()
+        if url_weights is not None and not resampled:
+            raise ValueError(
+                "weighted sources need resampled mode (data.resampled=true): a pass reads every shard once"
+            )
+        if url_weights is not None and len(url_weights) != len(urls):
+            raise ValueError(f"{len(url_weights)} URL weights for {len(urls)} URLs")
         if resampled and (batches_per_epoch or 0) < 1:
             raise ValueError(f"resampled mode needs batches_per_epoch >= 1, got {batches_per_epoch}")
         if shuffle_buffer < 0:
@@ -80,6 +88,7 @@ class ShardStream(IterableDataset):
         self.resampled = resampled
         self.batches_per_epoch = batches_per_epoch
         self.batch_size = batch_size
+        self.url_weights = url_weights
         self.counter = SampleCounter()  # shared with the DataLoader workers
         self._epoch = 0
         self._passes_since_set = 0
@@ -234,7 +243,11 @@ class ShardStream(IterableDataset):
                     f"no usable sample in the last {progress.shards_since_yield} shards drawn: check the shards"
                 )
             progress.shards_since_yield += 1
-            for sample in self._read([rng.choice(self.urls)]):
+            if self.url_weights is None:
+                url = rng.choice(self.urls)
+            else:
+                url = rng.choices(self.urls, weights=self.url_weights)[0]
+            for sample in self._read([url]):
                 progress.raw_since_yield += 1
                 yield sample
 

@@ -38,3 +38,21 @@ def expand_urls(spec: UrlSpec) -> list[str]:
     if not urls:
         raise ValueError(f"no shard URLs in {spec!r}")
     return urls
+
+
+def expand_sources(spec: UrlSpec) -> list[list[str]]:
+    """The shard URLs of each source of a spec: its ``::``-joined parts, or the items of a list."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    sources = [part for item in items for part in str(item).split("::") if part.strip()]
+    return [expand_urls(part) for part in sources]
+
+
+def mixture_weights(sources: list[list[str]], weights: Sequence[float]) -> list[float]:
+    """Per-URL draw weights that give each source its share of the shard draws (weight / its shards)."""
+    if len(weights) != len(sources):
+        raise ValueError(
+            f"{len(weights)} source weights for {len(sources)} sources (the '::'-separated parts of the shard spec)"
+        )
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"source weights must be non-negative with a positive sum, got {list(weights)}")
+    return [w / len(urls) for urls, w in zip(sources, weights) for _ in urls]
