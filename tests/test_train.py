@@ -193,3 +193,22 @@ def test_resume_rejects_a_checkpoint_of_the_other_stage(debug_run, tmp_path):
     result = run_cli(args)
     assert result.returncode != 0
     assert "is a stage-1 checkpoint, but stage=diffusion" in result.stdout + result.stderr
+
+
+def test_resumed_autoencoder_stage_continues_its_step_and_stream(debug_run, tmp_path):
+    first = tmp_path / "first"
+    assert (
+        train_on_debug_data(debug_run, first, "stage=autoencoder", "autoencoder.max_steps=3").returncode == 0
+    )
+    ckpt = first / "autoencoder" / "checkpoints" / "last.ckpt"
+    result = train_on_debug_data(
+        debug_run, tmp_path / "resumed", "stage=autoencoder", f"resume={ckpt}", "autoencoder.max_steps=6"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = read_checkpoint(
+        tmp_path / "resumed" / "autoencoder" / "checkpoints" / "last.ckpt", "autoencoder"
+    )
+    assert resumed["global_step"] == 6
+    # 128 images in stage 1's batches of 16: step 6 ends the sixth of 8 batches of pass 0.
+    (state,) = resumed["ShardDataModule"]["ranks"]
+    assert state["stream"]["epoch"] == 0 and state["stream"]["workers"]["0"][1] == 96
