@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import hydra
 import pytorch_lightning as pl
@@ -106,17 +106,36 @@ def build_trainer(
     )
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint that ``resume=`` continues: read once, for its stage and hyper-parameters."""
+
+    path: str
+    stage: str
+    hparams: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str) -> ResumePoint:
+        checkpoint = read_checkpoint(path)
+        return cls(str(path), checkpoint["ldm_stage"], checkpoint["hyper_parameters"])
+
+
 def train_autoencoder(
-    config: TrainConfig, datamodule: pl.LightningDataModule, run_dir: Path, resume: Optional[str] = None
+    config: TrainConfig,
+    datamodule: pl.LightningDataModule,
+    run_dir: Path,
+    resume: Optional[ResumePoint] = None,
 ) -> Path:
     """Stage 1: fit the autoencoder (continuing the checkpoint `resume`); returns its checkpoint."""
     root = stage_dir(run_dir, "autoencoder")
     log.info("stage 1: training the autoencoder for %d steps in %s", config.autoencoder.max_steps, root)
-    ae_config = load_pretrained_autoencoder(config, resume)[0] if resume else config.autoencoder
+    ae_config = config.autoencoder
+    if resume is not None:
+        ae_config = autoencoder_config(config, resume.hparams["autoencoder"], resume.path)
     module = AutoencoderModule(ae_config, gradient_clip_val=config.trainer.gradient_clip_val)
     datamodule.batch_size = config.autoencoder.batch_size or config.data.batch_size
     trainer = build_trainer(config, run_dir, "autoencoder", config.autoencoder.max_steps, [])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
     path = root / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
     log.info("stage 1 done: %s (validation: %s)", path, _metrics(trainer))
@@ -132,6 +151,11 @@ def _metrics(trainer: pl.Trainer) -> str:
 def load_pretrained_autoencoder(config: TrainConfig, path: str | Path) -> tuple[AutoencoderConfig, dict]:
     """The architecture (from the checkpoint, overriding the config's) and weights of a trained autoencoder."""
     hparams, state = autoencoder_weights(read_checkpoint(path))
+    return autoencoder_config(config, hparams, path), state
+
+
+def autoencoder_config(config: TrainConfig, hparams: dict[str, Any], source: str | Path) -> AutoencoderConfig:
+    """The config's autoencoder with the architecture of a checkpoint's hparams (training fields kept)."""
     training = set(AUTOENCODER_TRAINING_FIELDS)
     arch = {f.name for f in fields(AutoencoderConfig)} - training
     ae_config = AutoencoderConfig(**{**asdict(config.autoencoder), **{k: hparams[k] for k in arch}})
@@ -139,10 +163,10 @@ def load_pretrained_autoencoder(config: TrainConfig, path: str | Path) -> tuple[
     if differing:
         log.info(
             "autoencoder architecture taken from %s (differs from the config in: %s)",
-            path,
+            source,
             ", ".join(differing),
         )
-    return ae_config, state
+    return ae_config
 
 
 def init_from_parts(path: str | Path) -> set[str]:
@@ -179,21 +203,19 @@ def train_diffusion(
     datamodule: pl.LightningDataModule,
     run_dir: Path,
     autoencoder_ckpt: Optional[Path | str],
-    resume: Optional[str] = None,
+    resume: Optional[ResumePoint] = None,
 ) -> Path:
     """Stage 2: fit the U-Net on latents of the frozen autoencoder; returns the checkpoint.
 
     The autoencoder comes from `autoencoder_ckpt`, or else from diffusion.init_from (SD weights);
     with `resume`, everything comes from that stage-2 checkpoint, which the fit continues.
     """
-    if resume:
+    if resume is not None:
         module = LatentDiffusionModule.from_hparams(
-            read_checkpoint(resume, "diffusion")["hyper_parameters"],
-            diffusion=config.diffusion,
-            sampler=config.sampler,
+            resume.hparams, diffusion=config.diffusion, sampler=config.sampler
         )
         datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
-        return fit_diffusion(config, module, datamodule, run_dir, resume)
+        return fit_diffusion(config, module, datamodule, run_dir, resume.path)
     if autoencoder_ckpt:
         ae_config, ae_state = load_pretrained_autoencoder(config, autoencoder_ckpt)
     else:
@@ -262,7 +284,8 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     """Train what `config.stage` asks for in `run_dir`; returns the checkpoints written."""
     if config.stage not in STAGES:
         raise ValueError(f"unknown stage '{config.stage}'; available: {', '.join(STAGES)}")
-    resume_stage = read_checkpoint(config.resume)["ldm_stage"] if config.resume else None
+    resume = ResumePoint.read(config.resume) if config.resume else None
+    resume_stage = resume.stage if resume else None
     if resume_stage == "autoencoder" and config.stage == "diffusion":
         raise ValueError(f"resume={config.resume} is a stage-1 checkpoint, but stage=diffusion")
     if resume_stage == "diffusion" and config.stage == "autoencoder":
@@ -296,7 +319,7 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     skip_stage1 = bool(autoencoder_ckpt) or (config.stage == "all" and init_autoencoder)
     skip_stage1 = (skip_stage1 and resume_stage != "autoencoder") or resume_stage == "diffusion"
     if config.stage in ("all", "autoencoder") and not skip_stage1:
-        stage1_resume = config.resume if resume_stage == "autoencoder" else None
+        stage1_resume = resume if resume_stage == "autoencoder" else None
         autoencoder_ckpt = written["autoencoder"] = train_autoencoder(
             config, datamodule, run_dir, stage1_resume
         )
@@ -306,7 +329,7 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         )
         log.info("stage 1 skipped: using the trained autoencoder %s", source)
     if config.stage in ("all", "diffusion"):
-        stage2_resume = config.resume if resume_stage == "diffusion" else None
+        stage2_resume = resume if resume_stage == "diffusion" else None
         written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt, stage2_resume)
         log.info(
             'sample with: python scripts/txt2img.py --ckpt %s --prompt "..." --outdir out/',

@@ -84,11 +84,6 @@ def model_inputs(batch: dict) -> dict:
     return {**batch, "image": to_model_range(image)}
 
 
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB image as a float32 tensor 3xHxW with values in [-1, 1] (0 -> -1, 255 -> 1)."""
-    return to_model_range(pil_to_uint8(image))
-
-
 def open_image(data: bytes, resolution: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decode image bytes to RGB; returns the image and its original (height, width).
 

@@ -136,10 +136,10 @@ class SampleCounter:
             if kind in COLUMNS:
                 self.base[kind] += int(n)
 
-    def snapshot(self) -> torch.Tensor:
+    def snapshot(self) -> list[int]:
         """This process's row number followed by its row: what a sample carries to say what was read before it."""
         row = self._row()
-        return torch.cat([torch.tensor([row]), self.table[row]])
+        return [row, *self.table[row].tolist()]
 
 
 class DataQualityCallback(pl.Callback):

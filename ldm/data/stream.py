@@ -175,8 +175,8 @@ class ShardStream(IterableDataset):
         for sample in decoded:
             yielded += 1
             progress.shards_since_yield = progress.raw_since_yield = 0
-            position = torch.tensor([epoch, worker, progress.raw, yielded])
-            sample[POSITION_KEY] = torch.cat([position, self.counter.snapshot()])
+            position = [epoch, worker, progress.raw, yielded, *self.counter.snapshot()]
+            sample[POSITION_KEY] = torch.tensor(position)
             yield sample
             if quota is not None and yielded >= quota:
                 return
