@@ -273,7 +273,8 @@ class DataConfig:
     flip: bool = False
     """Random horizontal flips in training."""
     jpeg_draft: bool = True
-    """Decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when the short side stays >= resolution."""
+    """Decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when the short side stays >= resolution
+    (libjpeg-turbo through simplejpeg; PIL's draft mode where simplejpeg cannot decode the file)."""
     filters: DataFiltersConfig = field(default_factory=lambda: DataFiltersConfig())
     """Bounds on json metadata and captions; samples outside are skipped (and counted as filtered)."""
     max_skip_fraction: float = 0.5

@@ -3,7 +3,7 @@
 #
 #   scripts/bench_cached_latents.sh RUN/autoencoder/checkpoints/last.ckpt [OUT]
 #
-# Caches the latents of a 4,000-image shapes set at 64x64 with that autoencoder, then runs
+# Caches the latents of a shapes set at 64x64 (N_TRAIN 4000 + N_VAL 256 images) with that autoencoder, then runs
 # `python -m ldm.train stage=diffusion` for SHORT (20) and for LONG (200) steps in each mode; the
 # difference of the two wall times over LONG - SHORT steps is the per-step time without start-up,
 # validation or data writing. Run from the repository root, alone on the machine.
@@ -14,9 +14,11 @@ PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 : > "$OUT/times.txt"
 COMMON="stage=diffusion autoencoder.ckpt_path=$AE data.resolution=64 data.num_workers=1 trainer.sample_every_n_steps=0 trainer.enable_progress_bar=false"
-SHAPES="data=shapes data.root=$OUT/shapes64 data.num_train=4000 data.num_val=256"
-$PY scripts/cache_latents.py --ckpt "$AE" --data shapes --data-root "$OUT/shapes64" --num-train 4000 \
-    --num-val 256 --resolution 64 --out "$OUT/lat64" > "$OUT/cache.log" 2>&1
+N_TRAIN=${N_TRAIN:-4000}
+N_VAL=${N_VAL:-256}
+SHAPES="data=shapes data.root=$OUT/shapes64 data.num_train=$N_TRAIN data.num_val=$N_VAL"
+$PY scripts/cache_latents.py --ckpt "$AE" --data shapes --data-root "$OUT/shapes64" --num-train "$N_TRAIN" \
+    --num-val "$N_VAL" --resolution 64 --out "$OUT/lat64" > "$OUT/cache.log" 2>&1
 LAST=$(printf "%06d" $(($(ls "$OUT"/lat64/train-*.tar | wc -l) - 1)))
 LASTV=$(printf "%06d" $(($(ls "$OUT"/lat64/val-*.tar | wc -l) - 1)))
 CACHED="data=webdataset data.cached_latents=true data.crop=center \"data.train_shards='$OUT/lat64/train-{000000..$LAST}.tar'\" \"data.val_shards='$OUT/lat64/val-{000000..$LASTV}.tar'\""

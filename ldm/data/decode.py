@@ -25,6 +25,11 @@ from PIL import Image
 
 from ldm.data.quality import SampleCounter, SampleFilter
 
+try:  # libjpeg-turbo with its n/8 DCT scaling, straight into an array (a dependency; PIL is the fallback)
+    import simplejpeg
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+    simplejpeg = None
+
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 """Sample members read as the image, in order of preference."""
 
@@ -84,8 +89,62 @@ def model_inputs(batch: dict) -> dict:
     return {**batch, "image": to_model_range(image)}
 
 
+TURBO_COLORSPACES = ("YCbCr", "Gray", "RGB")
+"""JPEG colour spaces decoded with simplejpeg; CMYK and YCCK (Adobe) go through PIL's conversion."""
+
+
+def dct_reduction(short_side: int, resolution: Optional[int]) -> int:
+    """The largest of 1, 2, 4, 8 that keeps ``short_side / reduction >= resolution`` (1 without one).
+
+    libjpeg-turbo also scales by 3/8, 5/8, 6/8 and 7/8, but those take longer than a full decode
+    (measured: 1.9-3.1 ms against 1.5 ms for an 800 x 600 JPEG), so only powers of two are used.
+    """
+    reduction = 1
+    while resolution is not None and reduction < 8 and -(-short_side // (2 * reduction)) >= resolution:
+        reduction *= 2
+    return reduction
+
+
+def decode_jpeg_turbo(
+    data: bytes, resolution: Optional[int] = None
+) -> Optional[tuple[torch.Tensor, tuple[int, int]]]:
+    """Decode a JPEG with libjpeg-turbo (simplejpeg) to a uint8 3 x H x W tensor and its original (h, w).
+
+    With a ``resolution``, the JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short
+    side is still at least ``resolution``, as PIL's draft mode does; decoding straight into an array
+    saves PIL's copy out of its image (a quarter of the time of a 256-px pipeline). Returns None when simplejpeg is not installed, the bytes are not a JPEG it handles
+    (CMYK, YCCK) or it reports any error (the caller falls back to PIL, which decides what is broken).
+    """
+    if simplejpeg is None or not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in TURBO_COLORSPACES:
+            return None
+        reduction = dct_reduction(min(height, width), resolution)
+        pixels = simplejpeg.decode_jpeg(
+            data, "RGB", min_height=-(-height // reduction), min_width=-(-width // reduction)
+        )
+    except ValueError:
+        return None
+    return torch.from_numpy(pixels).permute(2, 0, 1), (height, width)
+
+
+def decode_image(data: bytes, resolution: Optional[int] = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decode image bytes to a uint8 RGB tensor 3 x H x W; returns it and the original (height, width).
+
+    With a ``resolution``, JPEGs are decoded at a reduced DCT scale whose short side stays at least
+    ``resolution`` (see ``decode_jpeg_turbo`` and ``open_image``). Raises what PIL raises on bad data.
+    """
+    decoded = decode_jpeg_turbo(data, resolution)
+    if decoded is not None:
+        return decoded
+    image, original_size = open_image(data, resolution)
+    return pil_to_uint8(image), original_size
+
+
 def open_image(data: bytes, resolution: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode image bytes to RGB; returns the image and its original (height, width).
+    """Decode image bytes to an RGB PIL image; returns it and its original (height, width).
 
     With a ``resolution``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short
     side is still at least ``resolution`` (PIL's draft mode): the bicubic resize that follows sees
@@ -200,14 +259,14 @@ def decode_stream(
                 counter.skip("filtered", where)
                 continue
         try:
-            image, original_size = open_image(sample[extension], resolution if jpeg_draft else None)
+            pixels, original_size = decode_image(sample[extension], resolution if jpeg_draft else None)
         except Exception as e:  # PIL raises many kinds for broken files
             counter.skip("unreadable_image", f"{where}: {type(e).__name__}: {e}")
             continue
         rng = None
         if augment_seed is not None:
             rng = random.Random(f"{augment_seed}-{sample.get('__url__')}-{sample['__key__']}")
-        pixels, crop_coords = resize_and_crop(pil_to_uint8(image), resolution, rng if random_crop else None)
+        pixels, crop_coords = resize_and_crop(pixels, resolution, rng if random_crop else None)
         if flip and rng is not None and rng.random() < 0.5:
             pixels = pixels.flip(-1)
         counter.read()

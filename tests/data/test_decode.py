@@ -1,4 +1,4 @@
-"""JPEG draft decoding (ldm/data/decode.py): cheaper, and the same picture after the resize."""
+"""Image decoding (ldm/data/decode.py): JPEG draft scales, libjpeg-turbo against PIL, the resize."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from ldm.data.decode import open_image, pil_to_uint8, resize_and_crop
+from ldm.data import decode
+from ldm.data.decode import (
+    dct_reduction,
+    decode_image,
+    decode_jpeg_turbo,
+    open_image,
+    pil_to_uint8,
+    resize_and_crop,
+)
 
 
 def photo_jpeg(width: int, height: int, seed: int = 0) -> bytes:
@@ -63,3 +72,72 @@ def test_png_is_never_drafted():
     Image.new("RGB", (400, 300), (10, 20, 30)).save(buffer, format="PNG")
     image, original_size = open_image(buffer.getvalue(), 64)
     assert image.size == (400, 300) and original_size == (300, 400)
+
+
+@pytest.mark.parametrize(
+    ("short_side", "resolution", "reduction"),
+    [
+        (600, 64, 8),
+        (600, 75, 8),
+        (600, 76, 4),
+        (600, 256, 2),
+        (600, 301, 1),
+        (511, 256, 2),
+        (510, 256, 1),
+        (255, 64, 4),
+        (4000, 64, 8),
+        (600, None, 1),
+    ],
+)
+def test_dct_reduction_keeps_the_short_side_at_least_the_resolution(short_side, resolution, reduction):
+    assert dct_reduction(short_side, resolution) == reduction
+    assert -(-short_side // reduction) >= (resolution or 0)  # libjpeg rounds scaled sizes up
+
+
+@pytest.mark.parametrize("size", [(800, 600), (530, 400), (2000, 1500), (97, 131)])
+@pytest.mark.parametrize("resolution", [None, 64, 256])
+def test_turbo_decode_gives_pils_pixels_at_pils_scale(size, resolution):
+    data = photo_jpeg(*size, seed=3)
+    ours, original_size = decode_jpeg_turbo(data, resolution)
+    reference, reference_size = open_image(data, resolution)
+    assert original_size == reference_size == (size[1], size[0])
+    assert ours.dtype == torch.uint8 and ours.shape == pil_to_uint8(reference).shape
+    # Both bundle libjpeg-turbo with the same (islow, fancy-upsampling) defaults.
+    assert (ours.int() - pil_to_uint8(reference).int()).abs().max() <= 1
+
+
+def test_grayscale_jpeg_decodes_to_three_equal_channels():
+    buffer = io.BytesIO()
+    Image.new("L", (120, 80), 77).save(buffer, format="JPEG")
+    pixels, original_size = decode_jpeg_turbo(buffer.getvalue(), None)
+    assert original_size == (80, 120) and pixels.shape == (3, 80, 120)
+    assert (pixels.int() - 77).abs().max() <= 1
+
+
+def test_cmyk_jpeg_and_png_go_through_pil():
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (64, 48), (10, 200, 30, 40)).save(cmyk, format="JPEG")
+    png = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(png, format="PNG")
+    for data in (cmyk.getvalue(), png.getvalue()):
+        assert decode_jpeg_turbo(data, None) is None
+        pixels, original_size = decode_image(data, None)
+        assert original_size == (48, 64)
+        assert torch.equal(pixels, pil_to_uint8(open_image(data, None)[0]))
+
+
+def test_a_truncated_jpeg_is_an_error_not_a_partial_image():
+    data = photo_jpeg(300, 200)
+    assert decode_jpeg_turbo(data[: len(data) // 2], None) is None
+    with pytest.raises(OSError):
+        decode_image(data[: len(data) // 2], None)
+
+
+def test_without_simplejpeg_pil_decodes_the_same_pixels(monkeypatch):
+    data = photo_jpeg(800, 600, seed=4)
+    fast, _ = decode_image(data, 256)
+    monkeypatch.setattr(decode, "simplejpeg", None)
+    assert decode_jpeg_turbo(data, 256) is None
+    slow, _ = decode_image(data, 256)
+    assert fast.shape == slow.shape == (3, 300, 400)
+    assert (fast.int() - slow.int()).abs().max() <= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import tarfile
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_data.py"
@@ -25,4 +26,19 @@ def test_bench_data_times_both_loops_over_the_same_images(tmp_path):
     assert all(r["bare_images"] == 20 and r["pipeline_images"] == 20 for r in rows)
     assert all(abs(r["ratio"] - r["pipeline_images_per_s"] / r["bare_images_per_s"]) < 0.01 for r in rows)
     assert len(list((tmp_path / "jpeg").glob("*.tar"))) == 4
-    assert json.loads(out.read_text())["rows"] == rows
+    written = json.loads(out.read_text())
+    assert written["rows"] == rows and written["bare_simplejpeg"]["0"] > 0
+
+
+def test_both_bare_decoders_read_the_same_sizes(tmp_path):
+    bench = load_script()
+    (url,) = bench.write_jpeg_shards(tmp_path, 3, 3, seed=1)
+    jpegs = read_jpegs(url)
+    sizes = {name: [decode(data) for data in jpegs] for name, decode in bench.BARE_DECODERS.items()}
+    assert len(jpegs) == 3 and sizes["pil"] == sizes["simplejpeg"]
+    assert all(min(size) >= 256 for size in sizes["pil"])  # (width, height), short side 256-768
+
+
+def read_jpegs(url: str) -> list[bytes]:
+    with tarfile.open(url) as tar:
+        return [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
