@@ -15,8 +15,8 @@ Writes (once, into --root) shards of synthetic photo-like JPEGs with LAION-like 
 
 Each cell is the best of --repeats rounds (images per second of a full pass); a round times one
 pass of the bare loop and one of the pipeline, so that the machine's drifts hit both alike. Other
-work on the machine lowers the numbers, so run it alone. Pipeline
-batches are uint8 (training converts them to float on the device).
+work on the machine lowers the numbers, so run it alone. Pipeline batches are uint8 (training
+converts them to float on the device).
 """
 
 from __future__ import annotations
