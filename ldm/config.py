@@ -316,6 +316,9 @@ class TrainerConfig:
     """Write <stage dir>/checkpoints/last.ckpt every N steps (and always at the end)."""
     enable_progress_bar: bool = True
     """Show Lightning's progress bar."""
+    throughput_window: int = 50
+    """Log train/device/samples_per_sec, batches_per_sec, flops_per_sec (and MFU on known GPUs) as
+    rolling averages over this many batches (0: off)."""
     gradient_clip_val: Optional[float] = 1.0
     """Clip gradients to this norm (null: no clipping)."""
 
@@ -325,7 +328,7 @@ class LoggerConfig:
     """Where metrics and images go."""
 
     kind: str = "csv"
-    """csv, tensorboard or wandb."""
+    """csv or wandb."""
     project: str = "ldm"
     """W&B project."""
     name: Optional[str] = None

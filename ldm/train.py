@@ -43,6 +43,7 @@ from ldm.diffusion.module import LatentDiffusionModule
 from ldm.diffusion.scaling import scale_factor_of_latents
 from ldm.samplers import get_sampler
 from ldm.sd_checkpoint import PREFIXES, load_initial_weights, read_state_dict
+from ldm.throughput import check_window, throughput_callbacks
 
 log = logging.getLogger("ldm.train")
 
@@ -81,6 +82,7 @@ def build_trainer(
     """A Lightning Trainer for one stage."""
     t = config.trainer
     root_dir = stage_dir(run_dir, stage)
+    extra = [DataQualityCallback(config.data.max_skip_fraction), *throughput_callbacks(t.throughput_window)]
     checkpointing = ModelCheckpoint(
         dirpath=root_dir / "checkpoints",
         every_n_train_steps=t.checkpoint_every_n_steps,
@@ -95,7 +97,7 @@ def build_trainer(
         num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, t.accelerator),
         logger=build_logger(config.logger, run_dir, stage),
-        callbacks=[checkpointing, DataQualityCallback(config.data.max_skip_fraction), *callbacks],
+        callbacks=[checkpointing, *extra, *callbacks],
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=t.val_check_interval or max_steps,
         check_val_every_n_epoch=None,
@@ -301,6 +303,7 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         )
     # Fail now on what would otherwise fail only at the end of a long stage.
     get_sampler(config.sampler.name)
+    check_window(config.trainer.throughput_window)
     if config.logger.kind not in LOGGERS:
         raise ValueError(f"unknown logger '{config.logger.kind}'; available: {', '.join(LOGGERS)}")
     if config.autoencoder.ckpt_path:

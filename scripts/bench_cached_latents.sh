@@ -6,7 +6,8 @@
 # Caches the latents of a shapes set at 64x64 (N_TRAIN 4000 + N_VAL 256 images) with that autoencoder, then runs
 # `python -m ldm.train stage=diffusion` for SHORT (20) and for LONG (200) steps in each mode; the
 # difference of the two wall times over LONG - SHORT steps is the per-step time without start-up,
-# validation or data writing. Run from the repository root, alone on the machine.
+# validation or data writing; the runs' logged throughput gives a second measure (the median of its
+# rolling windows). Run from the repository root, alone on the machine.
 set -euo pipefail
 AE=$1
 OUT=${2:-/tmp/cachebench}
@@ -37,5 +38,11 @@ for steps in $SHORT $LONG; do
 done
 for mode in onthefly cached; do
   per_step=$(awk "BEGIN {print (${WALL[$mode-$LONG]} - ${WALL[$mode-$SHORT]}) / ($LONG - $SHORT)}")
-  echo "$mode: $per_step s/step" | tee -a "$OUT/times.txt"
+  # The run's own log: train/device/batches_per_sec over rolling windows of trainer.throughput_window batches.
+  logged=$($PY -c "import csv, statistics, sys
+rates = [float(r['train/device/batches_per_sec']) for r in csv.DictReader(open(sys.argv[1]))
+         if r.get('train/device/batches_per_sec')]
+print(f'{1 / statistics.median(rates):.4f} s/step (median of {len(rates)} logged windows)' if rates else 'none logged')" \
+    "$OUT/run-$mode-$LONG/logs/diffusion/metrics.csv")
+  echo "$mode: $per_step s/step from wall times; $logged" | tee -a "$OUT/times.txt"
 done

@@ -32,6 +32,9 @@ def test_debug_run_writes_both_stages(debug_run):
     assert (debug_run / "autoencoder" / "images" / "reconstructions-step000004.png").is_file()
     rows = list(csv.DictReader(open(debug_run / "logs" / "diffusion" / "metrics.csv")))
     assert any(r.get("val/loss") for r in rows)
+    rates = [r for r in rows if r.get("train/device/samples_per_sec")]  # a window of 2 batches
+    assert rates and float(rates[-1]["train/device/samples_per_sec"]) > 0
+    assert float(rates[-1]["train/device/flops_per_sec"]) > 0
 
 
 def test_txt2img_on_the_trained_checkpoint(debug_run, tmp_path):
