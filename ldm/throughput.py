@@ -4,11 +4,14 @@ Lightning's ``ThroughputMonitor`` does the timing: rolling averages over the las
 training batches (data loading included, validation left out), logged as
 ``train/device/batches_per_sec``, ``train/device/samples_per_sec`` and, given a FLOP count,
 ``train/device/flops_per_sec`` and ``train/device/mfu`` (multi-GPU runs add the global rates).
-The FLOPs of a step are counted once, on the first training batch, by torch's ``FlopCounterMode``:
-the matrix products, convolutions and attention of every forward and backward pass in the step
-(the frozen encoders' too), which is what MFU is defined on; element-wise work and the optimizer
-update are not counted. MFU needs the device's peak rate, which Lightning knows for the common
-NVIDIA GPUs; on a CPU the FLOP rate is logged without it.
+The FLOPs of a step are counted once, on the first training batch, with torch's FLOP formulas
+(``torch.utils.flop_counter``): the matrix products, convolutions and attention of every forward
+and backward pass in the step (the frozen encoders' too), which is what MFU is defined on;
+element-wise work and the optimizer update are not counted. ``FlopCounterMode`` itself is not used:
+it runs ops that have no formula through their decompositions, which changes the first step's
+numbers in the last bits and so the whole run; ``FlopCount`` runs every op as it is. MFU needs the
+device's peak rate, which Lightning knows for the common NVIDIA GPUs; on a CPU the FLOP rate is
+logged without it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ThroughputMonitor
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,22 @@ def batch_size_of(batch: dict[str, Any]) -> int:
     raise ValueError(f"a batch needs one of {', '.join(BATCH_KEYS)}; it has {', '.join(batch)}")
 
 
+class FlopCount(TorchDispatchMode):
+    """Within the block, adds up the FLOPs of every op torch has a formula for; runs each op unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 class StepFlops(pl.Callback):
     """Counts the FLOPs of one training step on the first batch; sets ``pl_module.flops_per_batch``.
 
@@ -43,14 +63,14 @@ class StepFlops(pl.Callback):
 
     def __init__(self) -> None:
         self.flops: Optional[int] = None
-        self._counter: Optional[FlopCounterMode] = None
+        self._counter: Optional[FlopCount] = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         pl_module.flops_per_batch = self.flops
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.flops is None and self._counter is None:
-            self._counter = FlopCounterMode(display=False)
+            self._counter = FlopCount()
             self._counter.__enter__()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -73,7 +93,7 @@ class StepFlops(pl.Callback):
 
     def _stop(self) -> None:
         self._counter.__exit__(None, None, None)
-        self.flops = self._counter.get_total_flops()
+        self.flops = self._counter.total
         self._counter = None
 
 
