@@ -77,8 +77,8 @@ def pil_to_uint8(image: Image.Image) -> torch.Tensor:
 
 
 def to_model_range(image: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
-    return image.float().div_(127.5).sub_(1.0)
+    """uint8 pixels -> float32 in [-1, 1] (0 -> -1, 255 -> 1), contiguous whatever the input's layout."""
+    return image.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
 
 
 def model_inputs(batch: dict) -> dict:

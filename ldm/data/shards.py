@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from ldm.data.collate import collate_samples
 from ldm.data.decode import ImageDecoder, model_inputs
 from ldm.data.latents import latent_decoders
 from ldm.data.quality import COLUMNS, SampleFilter
@@ -44,7 +45,8 @@ class ShardDataModule(pl.LightningDataModule):
 
     Batches are ``{"image": B x 3 x H x W, "caption": list[str], "key": list[str], "original_size",
     "crop_coords": B x 2}`` (or what ``decoders`` yield, for cached latents). Images leave the
-    loaders as uint8 and reach the model as float in [-1, 1] (``on_after_batch_transfer``); code
+    loaders as uint8 in channels-last memory (``ldm.data.collate``) and reach the model as contiguous
+    float in [-1, 1] (``on_after_batch_transfer``); code
     that iterates the loaders itself converts with ``ldm.data.decode.model_inputs``.
     ``train_counter`` counts what the training stream read and skipped (ldm.data.quality). The
     training stream is one pass over its shards per epoch, shuffled differently (and reproducibly)
@@ -140,11 +142,18 @@ class ShardDataModule(pl.LightningDataModule):
             # Persistent workers keep their dataset copies, whose pass counter sets each epoch's shuffle.
             persistent_workers=self.num_workers > 0,
             drop_last=True,
+            collate_fn=collate_samples,
         )
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in shard order, read in the main process, the same on every call."""
-        return DataLoader(self.val_dataset, batch_size=self.batch_size, num_workers=0, drop_last=False)
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.batch_size,
+            num_workers=0,
+            drop_last=False,
+            collate_fn=collate_samples,
+        )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record where the training stream stands after each batch the model is given."""
