@@ -14,7 +14,10 @@ Writes (once, into --root) shards of synthetic photo-like JPEGs with LAION-like 
   batches of B x 3 x R x R; with JPEG draft decoding (the default) and without it.
 
 Each cell is the best of --repeats rounds (images per second of a full pass); a round times one
-pass of the bare loop and one of the pipeline, so that the machine's drifts hit both alike. Other
+pass of the bare loop and one of the pipeline, so that the machine's drifts hit both alike.
+``ratio`` is best against best; ``median_round_ratio`` the median of the rounds' own ratios (each
+round's pipeline pass against the bare pass just before it), the steadier of the two on a VM
+whose speed drifts between rounds. Other
 work on the machine lowers the numbers, so run it alone. Pipeline batches are uint8 (training
 converts them to float on the device).
 """
@@ -123,19 +126,29 @@ def images_per_second(loader: DataLoader) -> tuple[float, int]:
     return count / (time.perf_counter() - start), count
 
 
-def interleaved_rates(loaders: list[DataLoader], repeats: int) -> list[tuple[float, int]]:
-    """Best rate of each loader over `repeats` rounds of one pass each, after an untimed pass each.
+def interleaved_rates(loaders: list[DataLoader], repeats: int) -> list[list[tuple[float, int]]]:
+    """Each loader's (rate, images) in each of `repeats` rounds of one pass each, after an untimed pass each.
 
     Passes alternate between the loaders, so that drifts in the machine's speed (large on a shared
     VM) hit them alike; the untimed pass starts the (persistent) workers.
     """
-    best = [(0.0, 0)] * len(loaders)
+    rounds: list[list[tuple[float, int]]] = [[] for _ in loaders]
     for round_ in range(repeats + 1):
         for i, loader in enumerate(loaders):
             rate, count = images_per_second(loader)
             if round_ > 0:
-                best[i] = max(best[i], (rate, count))
-    return best
+                rounds[i].append((rate, count))
+    return rounds
+
+
+def best(rounds: list[tuple[float, int]]) -> tuple[float, int]:
+    """The fastest round's (rate, images)."""
+    return max(rounds)
+
+
+def median_ratio(rounds: list[tuple[float, int]], reference: list[tuple[float, int]]) -> float:
+    """The median over rounds of rate / reference rate within the same round (paired, so drift cancels)."""
+    return float(np.median([r[0] / ref[0] for r, ref in zip(rounds, reference)]))
 
 
 def bare_loader(urls: list[str], workers: int, batch_size: int, decoder: str = "pil") -> DataLoader:
@@ -196,12 +209,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for workers in args.workers:
         bare = bare_loader(urls, workers, args.batch_size)
         turbo = bare_loader(urls, workers, args.batch_size, "simplejpeg")
-        turbo_rates[workers] = round(interleaved_rates([turbo], args.repeats)[0][0], 1)
+        turbo_rates[workers] = round(best(interleaved_rates([turbo], args.repeats)[0])[0], 1)
         log.info("bare simplejpeg decode, %d workers: %.1f images/s", workers, turbo_rates[workers])
         for resolution in args.resolutions:
             for draft in (True, False):
                 loader = pipeline_loader(urls, workers, args.batch_size, resolution, draft)
-                (bare_rate, n_bare), (rate, n) = interleaved_rates([bare, loader], args.repeats)
+                bare_rounds, rounds = interleaved_rates([bare, loader], args.repeats)
+                (bare_rate, n_bare), (rate, n) = best(bare_rounds), best(rounds)
                 row = {
                     "workers": workers,
                     "resolution": resolution,
@@ -209,6 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "bare_images_per_s": round(bare_rate, 1),
                     "pipeline_images_per_s": round(rate, 1),
                     "ratio": round(rate / bare_rate, 3),
+                    "median_round_ratio": round(median_ratio(rounds, bare_rounds), 3),
                     "bare_images": n_bare,
                     "pipeline_images": n,  # whole batches only: the last partial batch per worker is dropped
                     "load_1min": round(os.getloadavg()[0], 2),
@@ -221,13 +236,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             json.dumps({"meta": meta, "rows": rows, "bare_simplejpeg": bare_turbo}, indent=2)
         )
     lines = [
-        "| workers | resolution | JPEG draft | bare PIL decode (img/s) | pipeline (img/s) | ratio |",
-        "|---|---|---|---|---|---|",
+        "| workers | resolution | JPEG draft | bare PIL decode (img/s) | pipeline (img/s) | ratio | median round ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workers']} | {r['resolution']} | {'on' if r['jpeg_draft'] else 'off'} | "
-            f"{r['bare_images_per_s']} | {r['pipeline_images_per_s']} | {r['ratio']:.2f} |"
+            f"{r['bare_images_per_s']} | {r['pipeline_images_per_s']} | {r['ratio']:.2f} | "
+            f"{r['median_round_ratio']:.2f} |"
         )
     lines.append("")
     lines += [f"bare simplejpeg decode, {w} workers: {rate} img/s" for w, rate in turbo_rates.items()]

@@ -25,9 +25,19 @@ def test_bench_data_times_both_loops_over_the_same_images(tmp_path):
     assert [(r["resolution"], r["jpeg_draft"]) for r in rows] == [(32, True), (32, False)]
     assert all(r["bare_images"] == 20 and r["pipeline_images"] == 20 for r in rows)
     assert all(abs(r["ratio"] - r["pipeline_images_per_s"] / r["bare_images_per_s"]) < 0.01 for r in rows)
+    assert all(r["median_round_ratio"] > 0 for r in rows)
     assert len(list((tmp_path / "jpeg").glob("*.tar"))) == 4
     written = json.loads(out.read_text())
     assert written["rows"] == rows and written["bare_simplejpeg"]["0"] > 0
+
+
+def test_median_ratio_pairs_the_rounds():
+    bench = load_script()
+    pipeline = [(80.0, 10), (45.0, 10), (55.0, 10)]
+    bare = [(100.0, 10), (50.0, 10), (50.0, 10)]  # the machine slowed down after round 1
+    assert bench.best(pipeline) == (80.0, 10)
+    assert abs(bench.median_ratio(pipeline, bare) - 0.9) < 1e-12  # rounds: 0.8, 0.9, 1.1
+    assert abs(bench.best(pipeline)[0] / bench.best(bare)[0] - 0.8) < 1e-12
 
 
 def test_both_bare_decoders_read_the_same_sizes(tmp_path):
