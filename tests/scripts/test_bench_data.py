@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import tarfile
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_data.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_data_times_both_loops_over_the_same_images(tmp_path):
-    bench = load_script()
+def test_bench_data_times_both_loops_over_the_same_images(tmp_path, load_script):
+    bench = load_script("bench_data")
     out = tmp_path / "bench.json"
     args = ["--root", str(tmp_path / "jpeg"), "--images", "20", "--per-shard", "5", "--resolutions", "32"]
     rows = bench.main([*args, "--workers", "0", "--batch-size", "4", "--repeats", "1", "--out", str(out)])
@@ -31,8 +20,8 @@ def test_bench_data_times_both_loops_over_the_same_images(tmp_path):
     assert written["rows"] == rows and written["bare_simplejpeg"]["0"] > 0
 
 
-def test_median_ratio_pairs_the_rounds():
-    bench = load_script()
+def test_median_ratio_pairs_the_rounds(load_script):
+    bench = load_script("bench_data")
     pipeline = [(80.0, 10), (45.0, 10), (55.0, 10)]
     bare = [(100.0, 10), (50.0, 10), (50.0, 10)]  # the machine slowed down after round 1
     assert bench.best(pipeline) == (80.0, 10)
@@ -40,8 +29,8 @@ def test_median_ratio_pairs_the_rounds():
     assert abs(bench.best(pipeline)[0] / bench.best(bare)[0] - 0.8) < 1e-12
 
 
-def test_both_bare_decoders_read_the_same_sizes(tmp_path):
-    bench = load_script()
+def test_both_bare_decoders_read_the_same_sizes(tmp_path, load_script):
+    bench = load_script("bench_data")
     (url,) = bench.write_jpeg_shards(tmp_path, 3, 3, seed=1)
     jpegs = read_jpegs(url)
     sizes = {name: [decode(data) for data in jpegs] for name, decode in bench.BARE_DECODERS.items()}

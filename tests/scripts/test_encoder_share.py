@@ -1,0 +1,51 @@
+"""scripts/encoder_share.py: FLOPs counted on fake tensors equal those of the real networks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ldm.autoencoder.model import KLAutoencoder
+from ldm.config import register_configs
+from ldm.denoiser.unet import UNetModel
+from ldm.throughput import FlopCount
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+TINY = ["experiment=shapes", "denoiser.model_channels=32", "denoiser.num_head_channels=16"]
+
+
+def test_fake_counts_equal_real_counts(tmp_path, load_script):
+    script = load_script("encoder_share")
+    out = tmp_path / "share.json"
+    rows = script.main(["--resolutions", "16", "32", "--out", str(out), "--", *TINY])
+    assert [r["resolution"] for r in rows] == [16, 32]
+    assert [r["latent"] for r in rows] == [[4, 4, 4], [4, 8, 8]]  # f = 4
+    assert json.loads(out.read_text())["rows"] == rows
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        config = OmegaConf.to_object(compose("config", overrides=TINY))
+    autoencoder = KLAutoencoder.from_config(config.autoencoder).requires_grad_(False)
+    unet = UNetModel.from_config(config.denoiser)
+    context = torch.randn(1, config.conditioner.context_length, config.denoiser.context_dim)
+    for row in rows:
+        with FlopCount() as encoder:
+            autoencoder.encode(torch.randn(1, 3, row["resolution"], row["resolution"]))
+        with FlopCount() as step:
+            unet(torch.randn(1, *row["latent"]), torch.tensor([10]), context).sum().backward()
+        assert row["encoder_gflop"] == round(encoder.total / 1e9, 3) > 0
+        assert row["unet_step_gflop"] == round(step.total / 1e9, 3) > 0
+        assert row["ceiling"] == round((encoder.total + step.total) / step.total, 3)
+    # Convolutions dominate: the encoder's FLOPs grow with the pixels (4x from 16 to 32 px).
+    assert 3.5 < rows[1]["encoder_gflop"] / rows[0]["encoder_gflop"] < 4.5
+
+
+def test_resolution_must_be_a_multiple_of_the_factor(load_script):
+    script = load_script("encoder_share")
+    with pytest.raises(ValueError, match="multiple of the autoencoder's factor 4"):
+        script.main(["--resolutions", "30", "--", *TINY])
