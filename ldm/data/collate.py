@@ -14,18 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.utils.data import default_collate
 
 IMAGE_KEY = "image"
 
 
 def collate_samples(samples: list[Any]) -> Any:
-    """``default_collate``, except that 3-D ``image`` tensors are stacked in channels-last order.
+    """``default_collate``, except that 3-D uint8 ``image`` tensors are stacked in channels-last order.
 
-    In a DataLoader worker the stacked images land in shared memory, as with ``default_collate``.
+    Float images (already in the models' range, which ``model_inputs`` leaves as they are) are
+    stacked contiguous, as torch does. In a DataLoader worker the stacked images land in shared
+    memory, as with ``default_collate``.
     """
     first = samples[0] if samples else None
-    if not isinstance(first, dict) or getattr(first.get(IMAGE_KEY), "ndim", None) != 3:
+    image = first.get(IMAGE_KEY) if isinstance(first, dict) else None
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.dtype != torch.uint8:
         return default_collate(samples)
     batch = default_collate([{k: v for k, v in s.items() if k != IMAGE_KEY} for s in samples])
     images = default_collate([s[IMAGE_KEY].permute(1, 2, 0) for s in samples])  # B x H x W x C

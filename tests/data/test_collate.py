@@ -56,6 +56,13 @@ def test_model_range_is_contiguous_and_exact_from_either_layout():
     assert to_model_range(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]
 
 
+def test_float_images_collate_contiguous():
+    """Float images reach the models unconverted (model_inputs passes them on), so they stay contiguous."""
+    samples = [{**decoded(seed), "image": to_model_range(decoded(seed)["image"])} for seed in range(3)]
+    ours = collate_samples(samples)["image"]
+    assert ours.is_contiguous() and torch.equal(ours, default_collate(samples)["image"])
+
+
 @pytest.mark.parametrize(
     "samples",
     [[torch.ones(2)] * 3, [{"latent": torch.ones(4, 2, 2)}] * 2, [{"image": torch.ones(2, 3, 4, 4)}] * 2],
