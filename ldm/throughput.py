@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ThroughputMonitor
+from pytorch_lightning.trainer.states import RunningStage
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -97,6 +98,21 @@ class StepFlops(pl.Callback):
         self._counter = None
 
 
+class TrainingThroughputMonitor(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor``, logging the training throughput only.
+
+    Lightning also logs ``validate/*`` rates at a step that counts validation batches, which runs
+    back against the training steps (rows out of order in metrics.csv, points at the wrong place in
+    charts against the global step). Validation batches are still timed, so that the training rate
+    leaves out the time spent validating; only their logging is dropped.
+    """
+
+    def _compute(self, trainer: pl.Trainer, iter_num: Optional[int] = None) -> None:
+        if trainer.state.stage == RunningStage.VALIDATING:
+            return
+        super()._compute(trainer, iter_num)
+
+
 def check_window(window: int) -> None:
     """Raise unless ``window`` is 0 (no throughput logging) or at least 2 batches."""
     if window != 0 and window < 2:
@@ -108,4 +124,4 @@ def throughput_callbacks(window: int) -> list[pl.Callback]:
     check_window(window)
     if window == 0:
         return []
-    return [StepFlops(), ThroughputMonitor(batch_size_of, window_size=window, separator="/")]
+    return [StepFlops(), TrainingThroughputMonitor(batch_size_of, window_size=window, separator="/")]

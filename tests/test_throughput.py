@@ -75,6 +75,10 @@ def test_step_flops_and_logged_rates(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "logs" / "version_0" / "metrics.csv")))
     rates = [r for r in rows if r.get("train/device/samples_per_sec")]
     assert rates, "no throughput logged"
+    # Lightning's monitor would add validate/* rows at steps counting validation batches (1, 2, 3).
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps) and steps[-1] == 5
+    assert not any(v for r in rows for k, v in r.items() if k.startswith("validate/"))
     last = rates[-1]
     assert float(last["train/samples"]) == 6 * BATCH and float(last["train/batches"]) == 6
     samples_per_sec = float(last["train/device/samples_per_sec"])
