@@ -17,9 +17,8 @@ Each cell is the best of --repeats rounds (images per second of a full pass); a 
 pass of the bare loop and one of the pipeline, so that the machine's drifts hit both alike.
 ``ratio`` is best against best; ``median_round_ratio`` the median of the rounds' own ratios (each
 round's pipeline pass against the bare pass just before it), the steadier of the two on a VM
-whose speed drifts between rounds. Other
-work on the machine lowers the numbers, so run it alone. Pipeline batches are uint8 (training
-converts them to float on the device).
+whose speed drifts between rounds. Other work on the machine lowers the numbers, so run it alone.
+Pipeline batches are uint8 (training converts them to float on the device).
 """
 
 from __future__ import annotations

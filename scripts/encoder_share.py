@@ -60,7 +60,7 @@ def _encoder_share(config: TrainConfig, resolutions: list[int]) -> list[dict]:
     autoencoder = KLAutoencoder.from_config(config.autoencoder)
     unet = UNetModel.from_config(config.denoiser)
     autoencoder.requires_grad_(False)
-    factor = 2 ** (len(config.autoencoder.ch_mult) - 1)
+    factor = autoencoder.downsample_factor
     context = (config.conditioner.context_length, config.denoiser.context_dim)
     rows = []
     for resolution in resolutions:
