@@ -288,6 +288,10 @@ class DataConfig:
     the shard draws, so of the samples when shards hold alike numbers of samples)."""
     cached_latents: bool = False
     """The shards hold latents cached by scripts/cache_latents.py (stage=diffusion only; the encoder is skipped)."""
+    cached_text: bool = False
+    """With cached_latents: the shards also hold the text encoder's per-token states of each caption
+    (scripts/cache_latents.py --text), and the text encoder is skipped too (it still embeds the empty
+    prompt of caption dropout, once, and the sample grids' prompts). Needs a frozen text encoder."""
 
 
 @dataclass
@@ -375,6 +379,16 @@ def register_configs() -> None:
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The training config that ``python -m ldm.train OVERRIDES`` runs with (for scripts)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return OmegaConf.to_object(compose("config", overrides=list(overrides)))
 
 
 def sampler_preset(

@@ -289,7 +289,7 @@ def ldm_checkpoint_from_sd(
     }
 
 
-def _load_part(module: nn.Module, name: str, state: dict[str, torch.Tensor]) -> None:
+def load_part(module: nn.Module, name: str, state: dict[str, torch.Tensor]) -> None:
     check_part(name, state, {k: v.shape for k, v in module.state_dict().items()})
     module.load_state_dict(state, strict=True)
 
@@ -305,13 +305,13 @@ def load_initial_weights(
     parts = split_sd_state_dict(state)
     if not parts["denoiser"]:
         raise CheckpointError("the initial weights have no model.diffusion_model.* keys")
-    _load_part(module.model.diffusion_model, "denoiser", parts["denoiser"])
+    load_part(module.model.diffusion_model, "denoiser", parts["denoiser"])
     loaded = ["denoiser"]
     if autoencoder and parts["autoencoder"]:
-        _load_part(module.first_stage_model, "autoencoder", parts["autoencoder"])
+        load_part(module.first_stage_model, "autoencoder", parts["autoencoder"])
         loaded.append("autoencoder")
     if parts["conditioner"]:
-        _load_part(module.cond_stage_model.model, "conditioner", parts["conditioner"])
+        load_part(module.cond_stage_model.model, "conditioner", parts["conditioner"])
         loaded.append("conditioner")
     elif parts["hf_clip"]:
         log.warning(

@@ -36,7 +36,7 @@ from ldm.checkpoint import autoencoder_weights, read_checkpoint
 from ldm.conditioning.text import check_pretrained_available, without_pretrained
 from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, register_configs
 from ldm.data.decode import model_inputs
-from ldm.data.latents import check_cache_autoencoder
+from ldm.data.latents import CachedTextCheck, check_cache_autoencoder, check_cache_text_encoder
 from ldm.data.quality import DataQualityCallback
 from ldm.data.shards import build_datamodule, shard_urls
 from ldm.diffusion.module import LatentDiffusionModule
@@ -187,7 +187,20 @@ def init_from_parts(path: str | Path) -> set[str]:
 
 
 def check_cached_latents(config: TrainConfig) -> None:
-    """Cached latents train stage 2 only, with the autoencoder that cached them."""
+    """Cached latents train stage 2 only, with the autoencoder that cached them; cached text
+    embeddings need cached latents and a frozen text encoder (its weights are checked at the fit's
+    start, once they are final)."""
+    if config.data.cached_text and not config.data.cached_latents:
+        raise ValueError(
+            "data.cached_text=true reads text embeddings from latent shards: set data.cached_latents=true"
+        )
+    if config.data.cached_text and config.conditioner.trainable:
+        raise ValueError(
+            "data.cached_text=true skips the text encoder, which conditioner.trainable=true would train: "
+            "set one of them to false"
+        )
+    if not config.data.cached_latents:
+        return
     if config.stage != "diffusion":
         raise ValueError(
             f"data.cached_latents=true trains the diffusion stage only (stage 1 needs images): set "
@@ -243,6 +256,10 @@ def train_diffusion(
             scale_factor = file_scale
             module.scale_factor.fill_(scale_factor)
             log.info("latent scale factor %.5f from %s", scale_factor, config.diffusion.init_from)
+    if (
+        config.data.cached_text
+    ):  # the text encoder's weights are final here (a resumed fit checks at its start)
+        check_cache_text_encoder(shard_urls(config.data)[0], module.cond_stage_model)
     datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
     if scale_factor is None:
         datamodule.setup("fit")
@@ -274,7 +291,10 @@ def fit_diffusion(
     grids = SampleGridCallback(
         config.trainer.sample_prompts, every_n_steps=config.trainer.sample_every_n_steps
     )
-    trainer = build_trainer(config, run_dir, "diffusion", config.diffusion.max_steps, [grids])
+    callbacks: list[pl.Callback] = [grids]
+    if config.data.cached_text and resume is not None:
+        callbacks.append(CachedTextCheck(shard_urls(config.data)[0]))
+    trainer = build_trainer(config, run_dir, "diffusion", config.diffusion.max_steps, callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     path = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
@@ -308,8 +328,7 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         raise ValueError(f"unknown logger '{config.logger.kind}'; available: {', '.join(LOGGERS)}")
     if config.autoencoder.ckpt_path:
         read_checkpoint(config.autoencoder.ckpt_path)
-    if config.data.cached_latents:
-        check_cached_latents(config)
+    check_cached_latents(config)
     if config.stage in ("all", "diffusion"):
         check_pretrained_available(config.conditioner)
     if torch.cuda.is_available():

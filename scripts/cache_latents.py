@@ -8,8 +8,18 @@
 Images are read in shard order, centre-cropped, not augmented; each sample's posterior (mean and
 log-variance, ``ldm.data.latents``) is written with its caption and metadata, and ``cache.json``
 beside the shards records the autoencoder's fingerprint. Then train with the command printed at
-the end (``stage=diffusion data=webdataset data.cached_latents=true ...``). Text embeddings are
-not cached: the text encoder runs at train time.
+the end (``stage=diffusion data=webdataset data.cached_latents=true ...``).
+
+With ``--text``, each caption's per-token text-encoder states are cached too, and the printed
+command trains with ``data.cached_text=true``, skipping the text encoder. The text encoder is the
+one ``python -m ldm.train`` builds from the Hydra overrides given after ``--`` (its conditioner
+config, with the weights of ``diffusion.init_from`` when that file holds a text encoder):
+
+    python scripts/cache_latents.py --ckpt AE.ckpt --shards '/data/laion/{000000..000099}.tar' \
+        --resolution 256 --out /data/laion-latents --text -- experiment=sd2_base
+
+Training checks the fingerprint of its text encoder against the cache. Stored states take
+context_length x width values per sample (77 x 1024 for SD 2: 158 kB in float16, 315 kB in float32).
 """
 
 from __future__ import annotations
@@ -25,16 +35,18 @@ from tqdm import tqdm
 
 from ldm.autoencoder.model import KLAutoencoder
 from ldm.checkpoint import autoencoder_weights, read_checkpoint
-from ldm.config import AutoencoderConfig, DataConfig
+from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
+from ldm.config import AutoencoderConfig, DataConfig, TrainConfig, compose_config
 from ldm.data.latents import (
     DTYPES,
-    autoencoder_fingerprint,
     image_batches,
+    weights_fingerprint,
     write_cache_info,
     write_latent_shards,
 )
 from ldm.data.shards import shard_urls
 from ldm.data.urls import expand_urls
+from ldm.sd_checkpoint import load_part, read_state_dict, split_sd_state_dict
 
 log = logging.getLogger("cache_latents")
 
@@ -55,6 +67,25 @@ def split_urls(args: argparse.Namespace) -> dict[str, list[str]]:
     )
     train, val = shard_urls(data)
     return {"train": train, "val": val}
+
+
+def training_text_encoder(config: TrainConfig) -> OpenCLIPTextEncoder:
+    """The frozen text encoder that ``python -m ldm.train`` builds from `config` (as ``ldm.train.run``
+    and ``load_initial_weights`` do: the text encoder of diffusion.init_from replaces pretrained)."""
+    if config.conditioner.trainable:
+        raise ValueError(
+            "--text caches a frozen text encoder's states; the config has conditioner.trainable=true"
+        )
+    conditioner, state = config.conditioner, None
+    if config.diffusion.init_from:
+        state = split_sd_state_dict(read_state_dict(config.diffusion.init_from))["conditioner"] or None
+        if state is not None:
+            conditioner = without_pretrained(conditioner)
+    encoder = OpenCLIPTextEncoder(conditioner)
+    if state is not None:
+        load_part(encoder.model, "conditioner", state)
+        log.info("text encoder weights from %s", config.diffusion.init_from)
+    return encoder.eval()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,10 +114,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the stored moments")
     parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument(
+        "--text", action="store_true", help="also cache the text encoder's states of each caption"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="with --text, after '--': the Hydra overrides of the training run"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.data == "webdataset" and not args.shards:
         parser.error("--data webdataset needs --shards")
+    if args.overrides and not args.text:
+        parser.error(f"Hydra overrides ({' '.join(args.overrides)}) choose the text encoder of --text only")
+    text_encoder = None
+    if args.text:
+        try:
+            text_encoder = training_text_encoder(compose_config(args.overrides)).to(args.device)
+        except ValueError as e:
+            parser.error(str(e))
     hparams, state = autoencoder_weights(read_checkpoint(args.ckpt))
     autoencoder = KLAutoencoder.from_config(AutoencoderConfig(**hparams))
     autoencoder.load_state_dict(state, strict=True)
@@ -105,20 +150,33 @@ def main(argv: list[str] | None = None) -> dict:
         )
         batches = tqdm(loader, desc=f"{split}: {len(urls)} shards", unit="batch")
         written = write_latent_shards(
-            autoencoder, batches, out, split, dtype=args.dtype, samples_per_shard=args.samples_per_shard
+            autoencoder,
+            batches,
+            out,
+            split,
+            dtype=args.dtype,
+            samples_per_shard=args.samples_per_shard,
+            text_encoder=text_encoder,
         )
         splits[split] = {
             **written,
             "skipped": {k: v for k, v in counter.totals().items() if k != "read" and v},
         }
+        context_shape = splits[split].pop("context_shape", None)
         log.info("%s: %d samples in %d shards (%s)", split, written["samples"], written["shards"], out)
     info = {
-        "autoencoder": {"fingerprint": autoencoder_fingerprint(state), "checkpoint": str(args.ckpt)},
+        "autoencoder": {"fingerprint": weights_fingerprint(state), "checkpoint": str(args.ckpt)},
         "resolution": args.resolution,
         "moments_shape": splits["train"]["moments_shape"],
         "dtype": args.dtype,
         "splits": {name: {k: v for k, v in s.items() if k != "moments_shape"} for name, s in splits.items()},
     }
+    if text_encoder is not None:
+        info["text_encoder"] = {
+            "fingerprint": weights_fingerprint(text_encoder.state_dict()),
+            "overrides": args.overrides,
+            "context_shape": context_shape,
+        }
     write_cache_info(out, info)
     command = [
         "python", "-m", "ldm.train", "stage=diffusion", f"autoencoder.ckpt_path={args.ckpt}", "data=webdataset",
@@ -127,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]  # fmt: skip
     if "val" in splits:
         command.append(f"data.val_shards='{out / splits['val']['pattern']}'")
+    if text_encoder is not None:
+        command += ["data.cached_text=true", *args.overrides]
     log.info("train from the cache with:\n  %s", shlex.join(command))
     return info
 

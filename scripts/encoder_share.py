@@ -7,29 +7,29 @@ Composes the training config (Hydra overrides after ``--``), builds its autoenco
 fake tensors (shapes without data: no memory, no arithmetic) and counts with torch's FLOP formulas
 (``ldm.throughput.FlopCount``), per image: the encoder's forward pass on an R x R image, and the
 U-Net's forward and backward pass on the latents, attending to a context of the conditioner's
-length and width. Training from cached latents skips the first; if a step's time follows its
-FLOPs, caching speeds a step up by at most (encoder + U-Net step) / U-Net step. Left out, being the
-same either way: the text encoder (unless its outputs are cached too), the loss and the optimizer.
+length and width; and the frozen text encoder's forward pass on one caption. Training from cached
+latents skips the first; if a step's time follows its FLOPs, caching speeds a step up by at most
+(encoder + text + U-Net step) / (text + U-Net step), and caching the text embeddings too
+(``--text``) by at most (encoder + text + U-Net step) / U-Net step. Left out, being the same either
+way: the loss and the optimizer.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ldm.autoencoder.model import KLAutoencoder
-from ldm.config import TrainConfig, register_configs
+from ldm.conditioning.text import OpenCLIPTextEncoder
+from ldm.config import TrainConfig, compose_config
 from ldm.denoiser.unet import UNetModel
 from ldm.throughput import FlopCount
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def encoder_flops(autoencoder: KLAutoencoder, resolution: int) -> int:
@@ -50,8 +50,16 @@ def unet_step_flops(unet: UNetModel, latent_shape: tuple[int, ...], context_shap
     return counter.total
 
 
+def text_flops(text_encoder: OpenCLIPTextEncoder) -> int:
+    """FLOPs of the text encoder's forward pass on one caption (every caption is context_length tokens)."""
+    with FlopCount() as counter:
+        text_encoder(["a caption"])
+    return counter.total
+
+
 def encoder_share(config: TrainConfig, resolutions: list[int]) -> list[dict]:
-    """One row per resolution: GFLOP of the encoder and of the U-Net step, and the speed-up ceiling."""
+    """One row per resolution: GFLOP of the encoder, the text encoder and the U-Net step, and the
+    speed-up ceilings of caching latents, and latents and text embeddings."""
     with FakeTensorMode():  # tensors with shapes and no data: nothing is allocated or computed
         return _encoder_share(config, resolutions)
 
@@ -60,6 +68,7 @@ def _encoder_share(config: TrainConfig, resolutions: list[int]) -> list[dict]:
     autoencoder = KLAutoencoder.from_config(config.autoencoder)
     unet = UNetModel.from_config(config.denoiser)
     autoencoder.requires_grad_(False)
+    text = text_flops(OpenCLIPTextEncoder(dataclasses.replace(config.conditioner, pretrained=None)))
     factor = autoencoder.downsample_factor
     context = (config.conditioner.context_length, config.denoiser.context_dim)
     rows = []
@@ -76,8 +85,10 @@ def _encoder_share(config: TrainConfig, resolutions: list[int]) -> list[dict]:
                 "resolution": resolution,
                 "latent": list(latent),
                 "encoder_gflop": round(encoder / 1e9, 3),
+                "text_gflop": round(text / 1e9, 3),
                 "unet_step_gflop": round(step / 1e9, 3),
-                "ceiling": round((encoder + step) / step, 3),
+                "ceiling": round((encoder + text + step) / (text + step), 3),
+                "ceiling_with_text": round((encoder + text + step) / step, 3),
             }
         )
     return rows
@@ -93,15 +104,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        config: TrainConfig = OmegaConf.to_object(compose("config", overrides=args.overrides))
+    config = compose_config(args.overrides)
     rows = encoder_share(config, args.resolutions)
-    lines = ["| resolution | latent | encoder GFLOP | U-Net step GFLOP | ceiling |", "|---|---|---|---|---|"]
+    lines = [
+        "| resolution | latent | encoder GFLOP | text GFLOP | U-Net step GFLOP | ceiling | with text |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         latent = "x".join(str(n) for n in r["latent"])
         lines.append(
-            f"| {r['resolution']} | {latent} | {r['encoder_gflop']} | {r['unet_step_gflop']} | {r['ceiling']:.2f}x |"
+            f"| {r['resolution']} | {latent} | {r['encoder_gflop']} | {r['text_gflop']} | {r['unet_step_gflop']} "
+            f"| {r['ceiling']:.2f}x | {r['ceiling_with_text']:.2f}x |"
         )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.out:

@@ -7,13 +7,18 @@ them with the frozen autoencoder and writes, per split, ``OUT/train-000000.tar``
 * ``KEY.moments.npy``: the posterior's parameters, mean and log-variance stacked on the channel
   axis (``2C x h x w``, float32 or float16; exactly what the encoder's ``quant_conv`` outputs),
   so that training still draws a fresh posterior sample every step, as on-the-fly encoding does;
+* ``KEY.context.npy``, with ``--text``: the frozen text encoder's per-token states of the caption
+  (``context_length x width``, what cross-attention reads), so that training can skip the text
+  encoder too (``data.cached_text=true``);
 * ``KEY.txt``: the caption (UTF-8);
 * ``KEY.json``: the image shard's metadata, copied when it had one.
 
 ``OUT/cache.json``, beside the shards, records what made them: the autoencoder's fingerprint
-(sha256 of its state dict, ``autoencoder_fingerprint``), the resolution, the moments' shape and
-dtype, and per split the shard pattern and the sample and skip counts. ``data.cached_latents=true``
-reads it to check that stage 2 uses the same autoencoder and resolution.
+(sha256 of its state dict, ``weights_fingerprint``), the resolution, the moments' shape and
+dtype, per split the shard pattern and the sample and skip counts, and with ``--text`` the text
+encoder's fingerprint, config and context shape. ``data.cached_latents=true`` reads it to check
+that stage 2 uses the same autoencoder and resolution, and ``data.cached_text=true`` the same text
+encoder.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
@@ -45,11 +51,12 @@ CACHE_FILE = "cache.json"
 CACHE_FORMAT = "ldm-latents-1"
 """Value of ``cache.json``'s ``format`` entry."""
 MOMENTS_MEMBER = "moments.npy"
+CONTEXT_MEMBER = "context.npy"
 CAPTION_MEMBER = "txt"
 DTYPES = ("float32", "float16")
 
 
-def autoencoder_fingerprint(state: dict[str, torch.Tensor]) -> str:
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, dtypes, shapes and bytes of a state dict's tensors, in name order."""
     digest = hashlib.sha256()
     for name in sorted(state):
@@ -63,7 +70,7 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     """The fingerprint of the autoencoder in a stage-1 (or stage-2) checkpoint."""
     from ldm.checkpoint import autoencoder_weights, read_checkpoint
 
-    return autoencoder_fingerprint(autoencoder_weights(read_checkpoint(path))[1])
+    return weights_fingerprint(autoencoder_weights(read_checkpoint(path))[1])
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -78,17 +85,32 @@ def read_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def read_array(sample: dict, member: str, shape: Optional[tuple[int, ...]], ndim: int) -> torch.Tensor:
+    """A sample's .npy member as a float32 tensor, checked to have `ndim` axes and `shape` (when given)."""
+    array = read_npy(sample[member])
+    if array.ndim != ndim or shape not in (None, tuple(array.shape)):
+        raise ValueError(f"{member} of shape {array.shape}, expected {shape or f'{ndim} axes'}")
+    return torch.from_numpy(array.astype(np.float32, copy=False).copy())
+
+
 @dataclass
 class LatentDecoder:
-    """Decodes raw latent-shard samples into ``{"moments": 2C x h x w float32, "caption", "key"}``.
+    """Decodes raw latent-shard samples into ``{"moments": 2C x h x w float32, "caption", "key"}``
+    (and ``"context": T x D float32`` with `with_context`).
 
     Samples without moments, with unreadable moments or moments of another shape than
     ``moments_shape`` (when given), and samples without a readable caption are skipped and counted
     (as ``ldm.data.decode.ImageDecoder`` does), one raw sample pulled per sample yielded or skipped.
+    With `with_context`, a missing context counts as a missing caption, and an unreadable one, or
+    one of another shape than ``context_shape``, as bad text.
     """
 
     moments_shape: Optional[tuple[int, ...]] = None
     """Expected shape of every moments array (2C, h, w); None accepts any 3-d array."""
+    with_context: bool = False
+    """Also read each caption's cached text-encoder states."""
+    context_shape: Optional[tuple[int, ...]] = None
+    """Expected shape of every context array (T, D); None accepts any 2-d array."""
 
     def __call__(
         self, samples: Iterator[dict], *, counter: SampleCounter, augment_seed: Optional[str] = None
@@ -102,15 +124,22 @@ class LatentDecoder:
             if caption is None:
                 continue
             try:
-                moments = read_npy(sample[MOMENTS_MEMBER])
-                if moments.ndim != 3 or self.moments_shape not in (None, tuple(moments.shape)):
-                    raise ValueError(f"moments of shape {moments.shape}, expected {self.moments_shape}")
-                tensor = torch.from_numpy(moments.astype(np.float32, copy=False).copy())
+                moments = read_array(sample, MOMENTS_MEMBER, self.moments_shape, ndim=3)
             except Exception as e:  # numpy raises several kinds for broken .npy bytes
                 counter.skip("unreadable_image", f"{where}: {type(e).__name__}: {e}")
                 continue
+            decoded = {"moments": moments, "caption": caption, "key": sample["__key__"]}
+            if self.with_context:
+                if CONTEXT_MEMBER not in sample:
+                    counter.skip("missing_caption", f"{where} has no '{CONTEXT_MEMBER}' member")
+                    continue
+                try:
+                    decoded["context"] = read_array(sample, CONTEXT_MEMBER, self.context_shape, ndim=2)
+                except Exception as e:
+                    counter.skip("bad_text", f"{where}: {type(e).__name__}: {e}")
+                    continue
             counter.read()
-            yield {"moments": tensor, "caption": caption, "key": sample["__key__"]}
+            yield decoded
 
 
 def cache_info_path(train_urls: list[str]) -> Path:
@@ -152,7 +181,18 @@ def latent_decoders(cfg: DataConfig, train_urls: list[str]) -> tuple[LatentDecod
             f"the latents were cached at resolution {info['resolution']}, but data.resolution is "
             f"{cfg.resolution}: set data.resolution={info['resolution']}"
         )
-    decoder = LatentDecoder(moments_shape=tuple(info["moments_shape"]))
+    context_shape = None
+    if cfg.cached_text:
+        text = info.get("text_encoder")
+        if text is None:
+            raise ValueError(
+                f"the latents in {cache_info_path(train_urls).parent} were cached without text embeddings: "
+                "cache them with scripts/cache_latents.py --text, or set data.cached_text=false"
+            )
+        context_shape = tuple(text["context_shape"])
+    decoder = LatentDecoder(
+        moments_shape=tuple(info["moments_shape"]), with_context=cfg.cached_text, context_shape=context_shape
+    )
     return decoder, decoder
 
 
@@ -166,6 +206,31 @@ def check_cache_autoencoder(train_urls: list[str], autoencoder_ckpt: str | Path)
             f"({info['autoencoder'].get('checkpoint')}, sha256 {cached[:12]}...) than "
             f"autoencoder.ckpt_path={autoencoder_ckpt}: cache them again with scripts/cache_latents.py"
         )
+
+
+def check_cache_text_encoder(train_urls: list[str], text_encoder: torch.nn.Module) -> None:
+    """Raise a ValueError unless the cached text embeddings were made by `text_encoder`'s weights."""
+    info = read_cache_info(train_urls)
+    cached = (info.get("text_encoder") or {}).get("fingerprint")
+    if cached is None:
+        raise ValueError(f"the latents in {cache_info_path(train_urls).parent} hold no text embeddings")
+    if weights_fingerprint(text_encoder.state_dict()) != cached:
+        raise ValueError(
+            f"the text embeddings in {cache_info_path(train_urls).parent} were cached with another text "
+            f"encoder (sha256 {cached[:12]}...) than this run's conditioner: cache them again with "
+            "scripts/cache_latents.py --text and this run's config overrides, or set data.cached_text=false"
+        )
+
+
+class CachedTextCheck(pl.Callback):
+    """At the start of a fit, once the weights are final (initial, loaded or resumed), checks that
+    the cached text embeddings of `train_urls` come from the module's text encoder."""
+
+    def __init__(self, train_urls: list[str]):
+        self.train_urls = list(train_urls)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_cache_text_encoder(self.train_urls, pl_module.cond_stage_model)
 
 
 @dataclass
@@ -214,10 +279,13 @@ def write_latent_shards(
     *,
     dtype: str = "float32",
     samples_per_shard: int = 1000,
+    text_encoder: Optional[torch.nn.Module] = None,
 ) -> dict[str, Any]:
-    """Encode image batches (``image``, ``caption``, ``key``, optional ``json``) into ``folder/split-NNNNNN.tar``.
+    """Encode image batches (``image``, ``caption``, ``key``, optional ``json``) into ``folder/split-NNNNNN.tar``,
+    with each caption's per-token states when a (frozen) `text_encoder` is given.
 
-    Returns ``{"pattern": "split-{000000..00000N}.tar", "shards", "samples", "moments_shape": [2C, h, w]}``.
+    Returns ``{"pattern": "split-{000000..00000N}.tar", "shards", "samples", "moments_shape": [2C, h, w]}``
+    (and ``"context_shape": [T, D]`` with a text encoder).
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype '{dtype}'; available: {', '.join(DTYPES)}")
@@ -225,7 +293,7 @@ def write_latent_shards(
         raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
     device = next(autoencoder.parameters()).device
     shards: list[str] = []
-    count, shape = 0, None
+    count, shape, context_shape = 0, None, None
     pattern = str(Path(folder) / f"{split}-%06d.tar")
     with wds.ShardWriter(
         pattern, maxcount=samples_per_shard, verbose=0, encoder=False, post=shards.append
@@ -234,23 +302,32 @@ def write_latent_shards(
             moments = autoencoder.encode(batch["image"].to(device)).parameters  # B x 2C x h x w
             array = moments.float().cpu().numpy().astype(dtype)
             shape = list(array.shape[1:])
+            contexts = None
+            if text_encoder is not None:
+                contexts = text_encoder(list(batch["caption"])).float().cpu().numpy().astype(dtype)
+                context_shape = list(contexts.shape[1:])
             for i, key in enumerate(batch["key"]):
                 sample = {
                     "__key__": key,
                     MOMENTS_MEMBER: npy_bytes(array[i]),
                     CAPTION_MEMBER: batch["caption"][i].encode("utf-8"),
                 }
+                if contexts is not None:
+                    sample[CONTEXT_MEMBER] = npy_bytes(contexts[i])
                 if batch.get("json") and batch["json"][i]:
                     sample["json"] = batch["json"][i].encode("utf-8")
                 sink.write(sample)
             count += len(batch["key"])
     last = len(shards) - 1
-    return {
+    written = {
         "pattern": f"{split}-000000.tar" if last == 0 else f"{split}-{{000000..{last:06d}}}.tar",
         "shards": len(shards),
         "samples": count,
         "moments_shape": shape,
     }
+    if text_encoder is not None:
+        written["context_shape"] = context_shape
+    return written
 
 
 def write_cache_info(folder: str | Path, info: dict[str, Any]) -> Path:

@@ -2,7 +2,9 @@
 
 A frozen autoencoder encodes images to latents (times the scale factor), a text encoder (frozen
 unless ``conditioner.trainable``) embeds captions (some dropped to the empty prompt, for
-classifier-free guidance), and the U-Net learns the denoising objective. With ``diffusion.ema``
+classifier-free guidance), and the U-Net learns the denoising objective. Batches of cached latents
+carry the posterior's ``moments`` instead of images, and may carry each caption's text-encoder
+states as ``context``; then the encoders they stand for do not run. With ``diffusion.ema``
 an exponential moving average of the U-Net is updated after every optimizer step and used for
 validation and sample grids. Attribute names follow Stable Diffusion's checkpoints:
 ``first_stage_model``, ``cond_stage_model``, ``model.diffusion_model``, ``scale_factor``; the
@@ -97,6 +99,7 @@ class LatentDiffusionModule(pl.LightningModule):
                 self.model.diffusion_model, diffusion.ema_decay, diffusion.ema_warmup, diffusion.ema_power
             )
         self.register_buffer("scale_factor", torch.tensor(diffusion.scale_factor or 1.0))
+        self._empty_context: Optional[torch.Tensor] = None
         self._validation_weights = contextlib.ExitStack()
 
     @classmethod
@@ -149,16 +152,40 @@ class LatentDiffusionModule(pl.LightningModule):
         posterior = self.posterior_of(batch)
         return (posterior.sample() if sample else posterior.mode()) * self.scale_factor
 
-    def drop_captions(self, captions: list[str]) -> list[str]:
-        """Replace each caption by the empty prompt with probability caption_dropout."""
+    def kept_captions(self, n: int) -> Optional[torch.Tensor]:
+        """Which of `n` training captions to keep (bool, n): each is dropped with probability
+        caption_dropout; None without dropout."""
         if self.caption_dropout <= 0:
-            return list(captions)
-        keep = torch.rand(len(captions)) >= self.caption_dropout
-        return [c if k else "" for c, k in zip(captions, keep.tolist())]
+            return None
+        return torch.rand(n) >= self.caption_dropout
+
+    def empty_context(self) -> torch.Tensor:
+        """The frozen text encoder's states of the empty prompt, 1 x T x D (computed once)."""
+        if self.cond_stage_model.trainable:
+            raise ValueError("a trainable text encoder has no fixed empty-prompt context")
+        if self._empty_context is None or self._empty_context.device != self.device:
+            with torch.no_grad():
+                self._empty_context = self.cond_stage_model([""])
+        return self._empty_context
+
+    def context_of(self, batch: dict[str, Any], *, drop: bool) -> torch.Tensor:
+        """Per-token text states of a batch's captions, B x T x D: its cached ``context`` or the text
+        encoder's; with `drop`, some are the empty prompt's (the same draws either way)."""
+        captions = list(batch["caption"])
+        keep = self.kept_captions(len(captions)) if drop else None
+        if "context" not in batch:
+            if keep is not None:
+                captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
+            return self.cond_stage_model(captions)
+        context = batch["context"].float()
+        if keep is not None and not keep.all():
+            empty = self.empty_context().to(context.dtype)
+            context = torch.where(keep.to(context.device)[:, None, None], context, empty)
+        return context
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         z = self.latents_of(batch, sample=True)
-        context = self.cond_stage_model(self.drop_captions(batch["caption"]))
+        context = self.context_of(batch, drop=True)
         loss = self.objective(self.model.diffusion_model, z, context)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -179,7 +206,7 @@ class LatentDiffusionModule(pl.LightningModule):
         # A fixed generator per batch makes validation losses comparable across steps and runs.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         z = self.latents_of(batch, sample=False)
-        context = self.cond_stage_model(batch["caption"])
+        context = self.context_of(batch, drop=False)
         loss = self.objective(self.model.diffusion_model, z, context, generator=generator)
         self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])
 

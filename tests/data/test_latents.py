@@ -9,15 +9,18 @@ import pytest
 import torch
 from webdataset import TarWriter
 
+from ldm.conditioning.text import OpenCLIPTextEncoder
 from ldm.config import DataConfig, TrainConfig
-from ldm.data.decode import ImageDecoder
+from ldm.data.decode import ImageDecoder, model_inputs
 from ldm.data.latents import (
+    CachedTextCheck,
     LatentDecoder,
-    autoencoder_fingerprint,
+    check_cache_text_encoder,
     checkpoint_fingerprint,
     image_batches,
     npy_bytes,
     read_cache_info,
+    weights_fingerprint,
     write_cache_info,
     write_latent_shards,
 )
@@ -29,10 +32,9 @@ from ldm.train import run
 from tests.conftest import save_tiny_autoencoder, tiny_module_configs
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A tiny autoencoder (f=2), 12 shapes images in 3 shards, and their latents cached in shards of 5."""
-    root = tmp_path_factory.mktemp("latents")
+def write_cache(root, text_encoder=None) -> dict:
+    """A tiny autoencoder (f=2), 12 shapes images in 3 shards, and their latents (and text-encoder
+    states, given `text_encoder`) cached in shards of 5."""
     config = tiny_module_configs()["autoencoder"]
     ckpt = root / "ae.ckpt"
     model = save_tiny_autoencoder(ckpt, config, seed=0)
@@ -44,7 +46,9 @@ def cache(tmp_path_factory):
     splits = {}
     for split, urls in (("train", images.train), ("val", images.val)):
         loader, _ = image_batches(urls, resolution=32, batch_size=3)
-        splits[split] = write_latent_shards(model, loader, out, split, samples_per_shard=5)
+        splits[split] = write_latent_shards(
+            model, loader, out, split, samples_per_shard=5, text_encoder=text_encoder
+        )
     info = {
         "autoencoder": {"fingerprint": checkpoint_fingerprint(ckpt), "checkpoint": str(ckpt)},
         "resolution": 32,
@@ -52,8 +56,26 @@ def cache(tmp_path_factory):
         "dtype": "float32",
         "splits": splits,
     }
+    if text_encoder is not None:
+        info["text_encoder"] = {
+            "fingerprint": weights_fingerprint(text_encoder.state_dict()),
+            "context_shape": splits["train"]["context_shape"],
+        }
     write_cache_info(out, info)
     return {"ckpt": ckpt, "model": model, "images": images, "out": out, "splits": splits, "config": config}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Cached latents without text embeddings."""
+    return write_cache(tmp_path_factory.mktemp("latents"))
+
+
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory):
+    """Cached latents with the states of tiny_module_configs()'s text encoder."""
+    encoder = OpenCLIPTextEncoder(tiny_module_configs()["conditioner"])
+    return {**write_cache(tmp_path_factory.mktemp("latents_text"), encoder), "encoder": encoder}
 
 
 def read_all(urls: list[str], decoder) -> dict[str, dict]:
@@ -146,13 +168,13 @@ def test_latent_decoder_skips_and_counts_broken_samples(tmp_path):
 
 def test_fingerprint_follows_the_weights_not_the_file(cache, tmp_path):
     state = cache["model"].state_dict()
-    assert checkpoint_fingerprint(cache["ckpt"]) == autoencoder_fingerprint(state)
+    assert checkpoint_fingerprint(cache["ckpt"]) == weights_fingerprint(state)
     changed = dict(state)
     name = next(iter(state))
     changed[name] = state[name].clone()
     changed[name].view(-1)[0] += 1e-3
-    assert autoencoder_fingerprint(changed) != autoencoder_fingerprint(state)
-    assert len(autoencoder_fingerprint(state)) == 64
+    assert weights_fingerprint(changed) != weights_fingerprint(state)
+    assert len(weights_fingerprint(state)) == 64
 
 
 def cached_data(cache, **overrides) -> DataConfig:
@@ -212,3 +234,126 @@ def test_training_errors(cache, tmp_path, stage, other_autoencoder, message):
     with pytest.raises(ValueError, match=message):
         run(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_cached_contexts_equal_the_text_encoder_output(text_cache):
+    assert text_cache["splits"]["train"]["context_shape"] == [16, 32]  # context_length x width
+    cached = read_all(train_urls(text_cache), LatentDecoder(with_context=True, context_shape=(16, 32)))
+    assert len(cached) == 12
+    captions = [sample["caption"] for sample in cached.values()]
+    with torch.no_grad():
+        expected = text_cache["encoder"](captions)  # one batch of 12; the cache encoded batches of 3
+    contexts = torch.stack([sample["context"] for sample in cached.values()])
+    torch.testing.assert_close(contexts, expected, atol=1e-5, rtol=0)
+    assert len(set(captions)) > 1 and contexts.std(dim=0).mean() > 0.01  # states differ by caption
+    without = read_all(train_urls(text_cache), LatentDecoder())  # contexts are read only when asked for
+    assert all("context" not in sample for sample in without.values())
+
+
+def test_training_step_on_cached_text_equals_encoding_captions(text_cache):
+    configs = tiny_module_configs()
+    configs["conditioner"] = replace(configs["conditioner"], caption_dropout=0.5)
+    module = LatentDiffusionModule(**configs)
+    module.first_stage_model.load_state_dict(text_cache["model"].state_dict())
+    module.cond_stage_model.load_state_dict(text_cache["encoder"].state_dict())
+    cached = read_all(train_urls(text_cache), LatentDecoder(with_context=True))
+    images = read_all(text_cache["images"].train, ImageDecoder(32))
+    keys = sorted(cached)[:8]
+    captions = [cached[k]["caption"] for k in keys]
+    on_the_fly = model_inputs({"image": torch.stack([images[k]["image"] for k in keys]), "caption": captions})
+    from_cache = {
+        "moments": torch.stack([cached[k]["moments"] for k in keys]),
+        "context": torch.stack([cached[k]["context"] for k in keys]),
+        "caption": captions,
+    }
+    calls = []
+    encode = module.cond_stage_model.forward
+    module.cond_stage_model.forward = lambda c: (calls.append(list(c)), encode(c))[1]
+    losses = {}
+    for name, batch in (("on_the_fly", on_the_fly), ("cached", from_cache), ("cached_again", from_cache)):
+        calls.clear()
+        torch.manual_seed(3)  # the same posterior sample, caption draws and noise
+        with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached
+            losses[name] = module.training_step(batch, 0).item()
+        losses[name + "_calls"] = list(calls)
+    assert len(losses["on_the_fly_calls"]) == 1 and len(losses["on_the_fly_calls"][0]) == 8
+    assert losses["cached_calls"] == [[""]]  # the empty prompt, once
+    assert losses["cached_again_calls"] == []  # ... and then kept
+    assert losses["cached"] == pytest.approx(losses["on_the_fly"], abs=1e-5)
+    assert losses["cached_again"] == losses["cached"]
+
+    torch.manual_seed(2)
+    keep = module.kept_captions(8)
+    assert 0 < int(keep.sum()) < 8  # this seed keeps some captions and drops others
+    torch.manual_seed(2)
+    context = module.context_of(from_cache, drop=True)
+    with torch.no_grad():
+        empty = module.cond_stage_model([""])[0]
+    torch.testing.assert_close(context[keep], from_cache["context"][keep], atol=0, rtol=0)
+    torch.testing.assert_close(context[~keep], empty.expand(int((~keep).sum()), -1, -1), atol=0, rtol=0)
+
+
+def test_latent_decoder_skips_and_counts_broken_contexts(tmp_path):
+    moments, context = npy_bytes(np.ones((2, 3, 3), np.float32)), npy_bytes(np.ones((4, 5), np.float16))
+    path = tmp_path / "broken.tar"
+    with TarWriter(str(path), encoder=False) as sink:
+        sink.write({"__key__": "ok", "moments.npy": moments, "context.npy": context, "txt": b"a"})
+        sink.write({"__key__": "no_context", "moments.npy": moments, "txt": b"b"})
+        sink.write({"__key__": "bad_npy", "moments.npy": moments, "context.npy": b"nope", "txt": b"c"})
+        wrong = npy_bytes(np.ones((4, 6), np.float32))
+        sink.write({"__key__": "wrong_shape", "moments.npy": moments, "context.npy": wrong, "txt": b"d"})
+    decoder = LatentDecoder(with_context=True, context_shape=(4, 5))
+    stream = ShardStream([str(path)], decoder=decoder, shuffle=False, shuffle_buffer=0, seed=0)
+    decoded = list(stream)
+    assert [s["key"] for s in decoded] == ["ok"]
+    assert decoded[0]["context"].dtype == torch.float32 and torch.equal(
+        decoded[0]["context"], torch.ones(4, 5)
+    )
+    totals = stream.counter.totals()
+    assert (totals["read"], totals["missing_caption"], totals["bad_text"]) == (1, 1, 2)
+    assert sum(stream.counter.totals().values()) == 4
+
+
+def test_datamodule_serves_contexts(text_cache, cache):
+    val = str(text_cache["out"] / "val-000000.tar")
+    datamodule = build_datamodule(cached_data(text_cache, val_shards=val, cached_text=True))
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["context"].shape == (4, 16, 32) and batch["moments"].shape == (4, 8, 16, 16)
+    assert "context" not in next(iter(build_datamodule(cached_data(text_cache)).train_dataloader()))
+    with pytest.raises(ValueError, match="cached without text embeddings: .* --text"):
+        build_datamodule(cached_data(cache, cached_text=True))
+
+
+@pytest.mark.parametrize(
+    "cached_latents,trainable,message",
+    [
+        (False, False, "set data.cached_latents=true"),
+        (True, True, "conditioner.trainable=true would train"),
+    ],
+)
+def test_cached_text_config_errors(text_cache, tmp_path, cached_latents, trainable, message):
+    config = TrainConfig(stage="diffusion", data=cached_data(text_cache, cached_text=True))
+    config.data.cached_latents = cached_latents
+    config.conditioner.trainable = trainable
+    config.autoencoder.ckpt_path = str(text_cache["ckpt"])
+    with pytest.raises(ValueError, match=message):
+        run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_text_encoder_check(text_cache):
+    urls = train_urls(text_cache)
+    check_cache_text_encoder(urls, text_cache["encoder"])  # the same weights: passes
+    other = OpenCLIPTextEncoder(replace(tiny_module_configs()["conditioner"], init_seed=1))
+    with pytest.raises(ValueError, match="cached with another text encoder"):
+        check_cache_text_encoder(urls, other)
+
+
+def test_resumed_fits_check_the_restored_text_encoder(text_cache):
+    module = LatentDiffusionModule(**tiny_module_configs())
+    check = CachedTextCheck(train_urls(text_cache))
+    check.on_fit_start(None, module)  # tiny_module_configs()'s text encoder made the cache
+    module.cond_stage_model.model.ln_final.weight.data.add_(1e-3)
+    with pytest.raises(ValueError, match="cached with another text encoder"):
+        check.on_fit_start(None, module)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from ldm.checkpoint import read_checkpoint
-from ldm.data.latents import LatentDecoder, checkpoint_fingerprint
+from ldm.conditioning.text import OpenCLIPTextEncoder
+from ldm.config import compose_config
+from ldm.data.latents import LatentDecoder, checkpoint_fingerprint, weights_fingerprint
 from ldm.data.stream import ShardStream
 from tests.conftest import run_cli, save_tiny_autoencoder, tiny_module_configs
 
@@ -96,3 +98,60 @@ def test_training_refuses_another_autoencoder(cached, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "were cached with another autoencoder" in output
     assert "Traceback" not in output
+
+
+@pytest.fixture(scope="module")
+def cached_text(cached, tmp_path_factory):
+    """The same images cached with --text, for the text encoder of `experiment=debug`."""
+    out = tmp_path_factory.mktemp("cache_text") / "latents"
+    args = [
+        "--ckpt",
+        str(cached["ckpt"]),
+        "--data",
+        "shapes",
+        "--data-root",
+        str(cached["out"].parent / "shapes"),
+    ]
+    args += ["--out", str(out), "--num-train", "24", "--num-val", "8", "--batch-size", "8", "--text"]
+    result = run_cli(["scripts/cache_latents.py", *args, "--", "experiment=debug"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    command = shlex.split(output.split("train from the cache with:")[1].strip().splitlines()[0])
+    return {"out": out, "command": command}
+
+
+def test_text_cache_describes_the_text_encoder(cached_text):
+    info = json.loads((cached_text["out"] / "cache.json").read_text())
+    encoder = OpenCLIPTextEncoder(compose_config(["experiment=debug"]).conditioner)
+    assert info["text_encoder"] == {
+        "fingerprint": weights_fingerprint(encoder.state_dict()),
+        "overrides": ["experiment=debug"],
+        "context_shape": [16, 32],
+    }
+    assert info["splits"]["train"]["samples"] == 24
+    assert cached_text["command"][-2:] == ["data.cached_text=true", "experiment=debug"]
+
+
+def test_training_from_cached_text(cached_text, tmp_path):
+    run_dir = tmp_path / "run"
+    extra = [f"hydra.run.dir={run_dir}", "diffusion.max_steps=3", "diffusion.batch_size=8"]
+    result = run_cli([*cached_text["command"][1:], *extra, "trainer.enable_progress_bar=false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt", expected_stage="diffusion")
+    assert checkpoint["global_step"] == 3
+    rows = list(csv.DictReader(open(run_dir / "logs" / "diffusion" / "metrics.csv")))
+    assert any(row.get("val/loss") for row in rows)
+    # A resumed run checks the text encoder once its weights are restored, and goes on.
+    resumed = [*cached_text["command"][1:], f"hydra.run.dir={tmp_path / 'resumed'}", "diffusion.batch_size=8"]
+    result = run_cli([*resumed, f"resume={run_dir / 'checkpoints' / 'last.ckpt'}", "diffusion.max_steps=5"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = read_checkpoint(
+        tmp_path / "resumed" / "checkpoints" / "last.ckpt", expected_stage="diffusion"
+    )
+    assert checkpoint["global_step"] == 5
+    # Another text encoder (another seed of the random one) is refused, with the remedy.
+    other = [*cached_text["command"][1:], f"hydra.run.dir={tmp_path / 'other'}", "conditioner.init_seed=1"]
+    result = run_cli(other)  # fails before the scale factor is estimated (too few samples for a batch of 32)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "were cached with another text encoder" in output
+    assert "cache_latents.py --text" in output and "Traceback" not in output

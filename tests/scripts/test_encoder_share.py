@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ldm.autoencoder.model import KLAutoencoder
+from ldm.conditioning.text import OpenCLIPTextEncoder
 from ldm.config import register_configs
 from ldm.denoiser.unet import UNetModel
 from ldm.throughput import FlopCount
@@ -32,6 +33,12 @@ def test_fake_counts_equal_real_counts(tmp_path, load_script):
         config = OmegaConf.to_object(compose("config", overrides=TINY))
     autoencoder = KLAutoencoder.from_config(config.autoencoder).requires_grad_(False)
     unet = UNetModel.from_config(config.denoiser)
+    with FlopCount() as text:
+        OpenCLIPTextEncoder(config.conditioner)(["a red circle"])
+    # The penultimate of 2 blocks: width 64, 24 tokens; 2 FLOPs per multiply-add of the block's
+    # 12 x 64^2 weights (attention in/out 4 x 64^2, MLP 8 x 64^2) per token, and its attention
+    # products (QK^T and AV: 2 x 24^2 x 64 multiply-adds).
+    assert text.total == 2 * (12 * 64**2 * 24 + 2 * 24**2 * 64)
     context = torch.randn(1, config.conditioner.context_length, config.denoiser.context_dim)
     for row in rows:
         with FlopCount() as encoder:
@@ -40,7 +47,10 @@ def test_fake_counts_equal_real_counts(tmp_path, load_script):
             unet(torch.randn(1, *row["latent"]), torch.tensor([10]), context).sum().backward()
         assert row["encoder_gflop"] == round(encoder.total / 1e9, 3) > 0
         assert row["unet_step_gflop"] == round(step.total / 1e9, 3) > 0
-        assert row["ceiling"] == round((encoder.total + step.total) / step.total, 3)
+        assert row["text_gflop"] == round(text.total / 1e9, 3)
+        total = encoder.total + text.total + step.total
+        assert row["ceiling"] == round(total / (text.total + step.total), 3)
+        assert row["ceiling_with_text"] == round(total / step.total, 3)
     # Convolutions dominate: the encoder's FLOPs grow with the pixels (4x from 16 to 32 px).
     assert 3.5 < rows[1]["encoder_gflop"] / rows[0]["encoder_gflop"] < 4.5
 
