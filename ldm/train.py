@@ -33,6 +33,7 @@ from ldm.autoencoder.latent_stats import stored_scale_factor
 from ldm.autoencoder.module import AUTOENCODER_TRAINING_FIELDS, AutoencoderModule
 from ldm.callbacks import SampleGridCallback
 from ldm.checkpoint import autoencoder_weights, read_checkpoint
+from ldm.checkpoint_io import StreamingCheckpointIO
 from ldm.conditioning.text import check_pretrained_available, without_pretrained
 from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, register_configs
 from ldm.data.decode import model_inputs
@@ -105,6 +106,7 @@ def build_trainer(
         num_sanity_val_steps=0,
         gradient_clip_val=None if stage == "autoencoder" else t.gradient_clip_val,  # stage 1 clips itself
         enable_progress_bar=t.enable_progress_bar,
+        plugins=[StreamingCheckpointIO()],
     )
 
 
@@ -145,9 +147,8 @@ def train_autoencoder(
 
 
 def _metrics(trainer: pl.Trainer) -> str:
-    return ", ".join(
-        f"{k}={v.item():.4g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")
-    )
+    values = [f"{k}={v.item():.4g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")]
+    return ", ".join(values) or "none run"
 
 
 def load_pretrained_autoencoder(config: TrainConfig, path: str | Path) -> tuple[AutoencoderConfig, dict]:
@@ -256,9 +257,7 @@ def train_diffusion(
             scale_factor = file_scale
             module.scale_factor.fill_(scale_factor)
             log.info("latent scale factor %.5f from %s", scale_factor, config.diffusion.init_from)
-    if (
-        config.data.cached_text
-    ):  # the text encoder's weights are final here (a resumed fit checks at its start)
+    if config.data.cached_text:  # the text encoder's weights are final (a resumed fit checks at its start)
         check_cache_text_encoder(shard_urls(config.data)[0], module.cond_stage_model)
     datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
     if scale_factor is None:

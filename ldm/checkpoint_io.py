@@ -1,0 +1,59 @@
+"""Checkpoint files streamed to disk instead of built in memory first.
+
+Lightning's ``TorchCheckpointIO`` serialises a checkpoint into an in-memory buffer before writing
+it, so saving takes the checkpoint's size again in host memory: some 15 GB for the U-Net, AdamW
+state, EMA and frozen encoders of SD 2 training (on a 24 GB machine, a CPU run of SD 2's networks
+was killed at its first save). Here local paths are written by ``torch.save`` straight into a temporary file
+beside the target, which is then renamed over it: the same guarantee (no half-written file under
+the checkpoint's name, an earlier checkpoint kept when a save fails) without the copies. Other
+paths (``s3://``, ...) go through Lightning's writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves stream to a temporary file that replaces the target."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Optional[Any] = None
+    ) -> None:
+        fs, local_path = url_to_fs(str(path))
+        if not isinstance(fs, LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}"
+            )
+        target = Path(local_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(temporary, 0o666 & ~_umask())  # as a new file would be (mkstemp makes it 0600)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
