@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,12 +21,6 @@ import torch
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
@@ -45,13 +39,12 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             )
         target = Path(local_path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(temporary, "xb") as f:  # a new file, with the usual permissions
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(temporary, 0o666 & ~_umask())  # as a new file would be (mkstemp makes it 0600)
             os.replace(temporary, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -15,15 +15,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
 from ldm.autoencoder.module import AutoencoderModule
-from ldm.config import TrainConfig
+from ldm.config import compose_config
 from ldm.data.shards import build_datamodule
 from ldm.train import build_trainer
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,8 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m ldm.train")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        config: TrainConfig = OmegaConf.to_object(compose("config", overrides=args.overrides))
+    config = compose_config(args.overrides)
     run_dir = Path(args.run_dir)
     datamodule = build_datamodule(config.data)
     datamodule.batch_size = config.autoencoder.batch_size or config.data.batch_size

@@ -4,18 +4,11 @@ import dataclasses
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from ldm import train
-from ldm.config import CONF_DIR, TrainConfig
+from ldm.config import compose_config
 from ldm.denoiser.unet import UNetModel
 from ldm.sd_checkpoint import get_sd_architecture
-
-
-def compose_config(overrides: list[str]) -> TrainConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
 
 
 def test_auto_precision_is_bf16_mixed_only_on_a_bf16_gpu(monkeypatch):

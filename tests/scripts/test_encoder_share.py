@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from ldm.autoencoder.model import KLAutoencoder
 from ldm.conditioning.text import OpenCLIPTextEncoder
-from ldm.config import register_configs
+from ldm.config import compose_config
 from ldm.denoiser.unet import UNetModel
 from ldm.throughput import FlopCount
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY = ["experiment=shapes", "denoiser.model_channels=32", "denoiser.num_head_channels=16"]
 
 
@@ -28,9 +24,7 @@ def test_fake_counts_equal_real_counts(tmp_path, load_script):
     assert [r["latent"] for r in rows] == [[4, 4, 4], [4, 8, 8]]  # f = 4
     assert json.loads(out.read_text())["rows"] == rows
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        config = OmegaConf.to_object(compose("config", overrides=TINY))
+    config = compose_config(TINY)
     autoencoder = KLAutoencoder.from_config(config.autoencoder).requires_grad_(False)
     unet = UNetModel.from_config(config.denoiser)
     with FlopCount() as text:
