@@ -6,7 +6,9 @@ state, EMA and frozen encoders of SD 2 training (on a 24 GB machine, a CPU run o
 was killed at its first save). Here local paths are written by ``torch.save`` straight into a temporary file
 beside the target, which is then renamed over it: the same guarantee (no half-written file under
 the checkpoint's name, an earlier checkpoint kept when a save fails) without the copies. Other
-paths (``s3://``, ...) go through Lightning's writer.
+paths (``s3://``, ...) go through Lightning's writer. Loading (``resume=``) reads with
+``torch.load(weights_only=True)`` unless Lightning is told otherwise: this project's checkpoints
+hold only tensors and plain Python types.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +27,16 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local saves stream to a temporary file that replaces the target."""
+    """``TorchCheckpointIO`` whose local saves stream to a temporary file that replaces the target,
+    and whose loads default to ``weights_only=True``."""
+
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        map_location: Optional[Callable] = lambda storage, loc: storage,
+        weights_only: Optional[bool] = None,
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location, True if weights_only is None else weights_only)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Optional[Any] = None

@@ -85,3 +85,14 @@ def test_training_writes_checkpoints_with_it(tmp_path):
 
     trainer = build_trainer(TrainConfig(), tmp_path, "diffusion", 1, [])
     assert isinstance(trainer.strategy.checkpoint_io, StreamingCheckpointIO)
+
+
+def test_loads_with_weights_only_by_default(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    StreamingCheckpointIO().save_checkpoint(checkpoint_of(1), path)
+    seen = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (seen.append(k.get("weights_only")), load(*a, **k))[1])
+    assert StreamingCheckpointIO().load_checkpoint(path)["global_step"] == 0
+    StreamingCheckpointIO().load_checkpoint(path, weights_only=False)
+    assert seen == [True, False]
