@@ -62,6 +62,7 @@ def test_optimizer_reduces_reconstruction_error():
     module = AutoencoderModule(tiny_config(learning_rate=1e-3))
     optimizer = module.configure_optimizers()
     assert optimizer.defaults["betas"] == (0.5, 0.9) and optimizer.defaults["lr"] == 1e-3
+    assert optimizer.defaults["fused"]
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert id(module.loss.logvar) in optimized and len(optimized) == len(list(module.parameters()))
     x = simple_images()

@@ -108,6 +108,7 @@ def test_trainable_text_encoder_gets_its_own_parameter_group_and_gradients():
     assert module.cond_stage_model.training
     groups = module.configure_optimizers()["optimizer"].param_groups
     assert [g["lr"] for g in groups] == [1e-4, 1e-5]
+    assert all(g["fused"] for g in groups)  # one kernel over both groups on CPU
     text = module.cond_stage_model.model
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in text.parameters() if p.requires_grad}
     assert not text.text_projection.requires_grad  # unused by the per-token states
