@@ -2,6 +2,7 @@
 
     python scripts/encoder_share.py --resolutions 64 256 512                 # SD 2 base networks
     python scripts/encoder_share.py --resolutions 32 64 -- experiment=shapes  # the shapes preset
+    python scripts/encoder_share.py --resolutions 64 --time --batch-size 8      # and seconds, SD 2 base
 
 Composes the training config (Hydra overrides after ``--``), builds its autoencoder and U-Net with
 fake tensors (shapes without data: no memory, no arithmetic) and counts with torch's FLOP formulas
@@ -12,6 +13,12 @@ latents skips the first; if a step's time follows its FLOPs, caching speeds a st
 (encoder + text + U-Net step) / (text + U-Net step), and caching the text embeddings too
 (``--text``) by at most (encoder + text + U-Net step) / U-Net step. Left out, being the same either
 way: the loss and the optimizer.
+
+FLOPs are a ceiling only if every network runs at the same FLOP rate. ``--time`` also times the three
+on this machine with real tensors (random weights, ``--batch-size`` images, the median of
+``--repeats`` after one untimed run): the encoders' forward passes without gradients, and the U-Net's
+forward and backward pass (fp32, gradient checkpointing as configured), and gives the same two
+ceilings in seconds.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -94,10 +104,68 @@ def _encoder_share(config: TrainConfig, resolutions: list[int]) -> list[dict]:
     return rows
 
 
+def _median_seconds(run: Callable[[], object], repeats: int) -> float:
+    run()  # untimed: first-call allocations
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def time_components(config: TrainConfig, resolution: int, batch_size: int, repeats: int = 3) -> dict:
+    """Seconds, on this machine, of the image encoder's and the text encoder's forward passes and the
+    U-Net's training step (forward and backward) on a batch, and the two speed-up ceilings in time."""
+    if batch_size < 1 or repeats < 1:
+        raise ValueError(f"batch size and repeats must be at least 1, got {batch_size} and {repeats}")
+    torch.manual_seed(0)
+    autoencoder = KLAutoencoder.from_config(config.autoencoder).requires_grad_(False).eval()
+    text_encoder = OpenCLIPTextEncoder(dataclasses.replace(config.conditioner, pretrained=None))
+    unet = UNetModel.from_config(config.denoiser).train()
+    factor = autoencoder.downsample_factor
+    latent = (config.autoencoder.z_channels, resolution // factor, resolution // factor)
+    images = torch.rand(batch_size, 3, resolution, resolution) * 2 - 1
+    captions = [f"a red circle number {i} on a blue square" for i in range(batch_size)]
+    x = torch.randn(batch_size, *latent)
+    t = torch.randint(0, 1000, (batch_size,))
+    context = torch.randn(batch_size, config.conditioner.context_length, config.denoiser.context_dim)
+
+    def encode() -> None:
+        with torch.no_grad():
+            autoencoder.encode(images)
+
+    def encode_text() -> None:
+        with torch.no_grad():
+            text_encoder(captions)
+
+    def unet_step() -> None:
+        unet.zero_grad(set_to_none=True)
+        unet(x, t, context).square().mean().backward()
+
+    encoder = _median_seconds(encode, repeats)
+    text = _median_seconds(encode_text, repeats)
+    step = _median_seconds(unet_step, repeats)
+    total = encoder + text + step
+    return {
+        "resolution": resolution,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "encoder_s": encoder,
+        "text_s": text,
+        "unet_step_s": step,
+        "ceiling": total / (text + step),
+        "ceiling_with_text": total / step,
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolutions", nargs="+", type=int, default=[64, 256, 512])
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    p.add_argument("--time", action="store_true", help="also time the networks on this machine")
+    p.add_argument("--batch-size", type=int, default=8, help="images per timed batch (--time)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per network (--time)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the training config")
     return p.parse_args(argv)
 
@@ -116,6 +184,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"| {r['resolution']} | {latent} | {r['encoder_gflop']} | {r['text_gflop']} | {r['unet_step_gflop']} "
             f"| {r['ceiling']:.2f}x | {r['ceiling_with_text']:.2f}x |"
         )
+    if args.time:
+        lines += [
+            f"\nseconds on this machine, batch {args.batch_size}, {torch.get_num_threads()} threads:",
+            "| resolution | encoder s | text s | U-Net step s | ceiling | with text |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            timed = time_components(config, row["resolution"], args.batch_size, args.repeats)
+            row["timed"] = timed
+            lines.append(
+                f"| {row['resolution']} | {timed['encoder_s']:.3f} | {timed['text_s']:.3f} "
+                f"| {timed['unet_step_s']:.3f} | {timed['ceiling']:.2f}x | {timed['ceiling_with_text']:.2f}x |"
+            )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.out:
         Path(args.out).write_text(json.dumps({"overrides": args.overrides, "rows": rows}, indent=2) + "\n")

@@ -53,3 +53,22 @@ def test_resolution_must_be_a_multiple_of_the_factor(load_script):
     script = load_script("encoder_share")
     with pytest.raises(ValueError, match="multiple of the autoencoder's factor 4"):
         script.main(["--resolutions", "30", "--", *TINY])
+
+
+def test_timed_ceilings_follow_from_the_timed_networks(load_script):
+    script = load_script("encoder_share")
+    rows = script.main(["--resolutions", "16", "--time", "--batch-size", "2", "--repeats", "1", "--", *TINY])
+    timed = rows[0]["timed"]
+    assert timed["resolution"] == 16 and timed["batch_size"] == 2
+    encoder, text, step = timed["encoder_s"], timed["text_s"], timed["unet_step_s"]
+    assert min(encoder, step) > 0 and text >= 0
+    total = encoder + text + step
+    assert timed["ceiling"] == pytest.approx(total / (text + step), rel=1e-9)
+    assert timed["ceiling_with_text"] == pytest.approx(total / step, rel=1e-9)
+    assert 1 < timed["ceiling"] <= timed["ceiling_with_text"]
+
+
+def test_timing_needs_a_batch(load_script):
+    script = load_script("encoder_share")
+    with pytest.raises(ValueError, match="batch size and repeats must be at least 1"):
+        script.time_components(compose_config(TINY), 16, batch_size=0)
