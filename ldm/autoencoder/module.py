@@ -29,7 +29,7 @@ from ldm.autoencoder.model import KLAutoencoder
 from ldm.autoencoder.perceptual import load_lpips
 from ldm.config import AutoencoderConfig
 from ldm.data.decode import model_inputs
-from ldm.optim import adam
+from ldm.optim import adam, fused_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -227,11 +227,15 @@ class AutoencoderModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """Adam over the autoencoder and the learned logvar, and Adam over the discriminator; betas (0.5, 0.9) as LDM."""
         parameters = list(self.autoencoder.parameters()) + [self.loss.logvar]
-        opt_ae = adam(parameters, lr=self.config.learning_rate, betas=(0.5, 0.9))
+        allow_fused = fused_allowed(self._trainer, self.gradient_clip_val)
+        opt_ae = adam(parameters, allow_fused=allow_fused, lr=self.config.learning_rate, betas=(0.5, 0.9))
         if self.loss.discriminator is None:
             return opt_ae
         opt_disc = adam(
-            list(self.loss.discriminator.parameters()), lr=self.config.learning_rate, betas=(0.5, 0.9)
+            list(self.loss.discriminator.parameters()),
+            allow_fused=allow_fused,
+            lr=self.config.learning_rate,
+            betas=(0.5, 0.9),
         )
         return [opt_ae, opt_disc]
 

@@ -31,7 +31,7 @@ from ldm.diffusion.ema import ExponentialMovingAverage
 from ldm.diffusion.objective import DiffusionObjective
 from ldm.diffusion.parametrization import DiscreteDenoiser
 from ldm.diffusion.schedules import alphas_cumprod_from_config
-from ldm.optim import adamw
+from ldm.optim import adamw, fused_allowed
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -218,7 +218,11 @@ class LatentDiffusionModule(pl.LightningModule):
             lr = self.conditioner_config.learning_rate or cfg.learning_rate
             trainable = [p for p in self.cond_stage_model.parameters() if p.requires_grad]
             groups.append({"params": trainable, "lr": lr})
-        optimizer = adamw(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        trainer = self._trainer
+        allow_fused = fused_allowed(trainer, trainer.gradient_clip_val if trainer is not None else None)
+        optimizer = adamw(
+            groups, allow_fused=allow_fused, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
 
         def lr_lambda(step: int) -> float:
             if step < cfg.warmup_steps:

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
@@ -145,7 +146,9 @@ def test_trainer_fit_writes_images_and_loadable_checkpoint(tmp_path):
         )
 
 
-def test_discriminator_phase_two_optimizers_and_latent_stats(tmp_path):
+@pytest.mark.parametrize("precision, fused", [("32-true", True), ("bf16-mixed", None)])
+def test_discriminator_phase_two_optimizers_and_latent_stats(tmp_path, precision, fused):
+    # Fused Adam where Lightning can clip its gradients: not under mixed precision (bf16 included).
     torch.manual_seed(0)
     config = tiny_config(
         learning_rate=1e-3,
@@ -162,6 +165,7 @@ def test_discriminator_phase_two_optimizers_and_latent_stats(tmp_path):
     trainer = pl.Trainer(
         max_steps=4,
         accelerator="cpu",
+        precision=precision,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -170,6 +174,7 @@ def test_discriminator_phase_two_optimizers_and_latent_stats(tmp_path):
     disc_before = [p.detach().clone() for p in module.loss.discriminator.parameters()]
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     assert trainer.global_step == 4  # discriminator steps do not count
+    assert [opt.defaults["fused"] for opt in trainer.optimizers] == [fused, fused]
     metrics = trainer.callback_metrics
     assert {"train/g_loss", "train/d_weight", "train/d_loss", "val/psnr", "val/ssim"} <= set(metrics)
     assert 0 < metrics["val/ssim"] <= 1

@@ -1,6 +1,7 @@
 """LatentDiffusionModule wiring: EMA (updates, checkpoints, sampling), trainable text encoder, options."""
 
 import dataclasses
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -71,10 +72,11 @@ def _batches(n: int) -> list[dict]:
     return [{"image": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, "caption": PROMPTS} for _ in range(n)]
 
 
-def _fit(module: LatentDiffusionModule, steps: int) -> pl.Trainer:
+def _fit(module: LatentDiffusionModule, steps: int, **trainer_options: Any) -> pl.Trainer:
     trainer = pl.Trainer(
         max_steps=steps,
         accelerator="cpu",
+        **trainer_options,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -99,6 +101,18 @@ def test_ema_is_updated_after_every_optimizer_step():
     assert not torch.equal(w, before[key])
     # Validation ran with the average swapped in, and put the trained weights back after.
     assert not torch.equal(module.model_ema.module.state_dict()[key], w)
+
+
+@pytest.mark.parametrize("precision, fused", [("32-true", True), ("bf16-mixed", None)])
+def test_clipped_training_under_mixed_precision_uses_an_unfused_optimizer(precision, fused):
+    # Lightning refuses to clip the gradients of a fused optimizer under mixed precision (bf16 too).
+    torch.manual_seed(0)
+    module = LatentDiffusionModule(**tiny_module_configs())
+    before = module.model.diffusion_model.out[2].weight.detach().clone()
+    trainer = _fit(module, steps=2, precision=precision, gradient_clip_val=1.0)
+    assert trainer.global_step == 2
+    assert trainer.optimizers[0].defaults["fused"] is fused
+    assert not torch.equal(module.model.diffusion_model.out[2].weight, before)
 
 
 def test_trainable_text_encoder_gets_its_own_parameter_group_and_gradients():
