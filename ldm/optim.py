@@ -1,4 +1,4 @@
-"""Adam(W) construction shared by the two training stages: PyTorch's fused kernel wherever it runs.
+"""Adam(W) for both training stages: PyTorch's fused kernel where the device and Lightning allow it.
 
 ``torch.optim.Adam``/``AdamW`` default to a loop over the parameters on CPU (and a multi-tensor
 ``foreach`` loop on CUDA). The fused implementation updates every parameter in one kernel and is
