@@ -47,23 +47,23 @@ def fused_allowed(trainer: Optional[pl.Trainer], gradient_clip_val: Optional[flo
     return False
 
 
-def _parameters_of(groups: list[dict[str, Any]] | list[torch.Tensor]) -> list[torch.Tensor]:
-    if groups and isinstance(groups[0], dict):
-        return [p for group in groups for p in group["params"]]
-    return list(groups)
+def _fused(groups: list[dict[str, Any]] | list[torch.Tensor], allow_fused: bool) -> Optional[bool]:
+    """The optimizers' ``fused`` argument: True where supported and allowed, else None (PyTorch's default)."""
+    parameters = (
+        [p for g in groups for p in g["params"]] if groups and isinstance(groups[0], dict) else groups
+    )
+    return (allow_fused and fused_supported(parameters)) or None
 
 
 def adamw(
     groups: list[dict[str, Any]] | list[torch.Tensor], *, allow_fused: bool = True, **kwargs: Any
 ) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over `groups` (parameters or parameter groups), fused where supported and allowed."""
-    fused = allow_fused and fused_supported(_parameters_of(groups))
-    return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
+    return torch.optim.AdamW(groups, fused=_fused(groups, allow_fused), **kwargs)
 
 
 def adam(
     groups: list[dict[str, Any]] | list[torch.Tensor], *, allow_fused: bool = True, **kwargs: Any
 ) -> torch.optim.Adam:
     """``torch.optim.Adam`` over `groups` (parameters or parameter groups), fused where supported and allowed."""
-    fused = allow_fused and fused_supported(_parameters_of(groups))
-    return torch.optim.Adam(groups, fused=fused or None, **kwargs)
+    return torch.optim.Adam(groups, fused=_fused(groups, allow_fused), **kwargs)
