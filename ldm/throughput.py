@@ -7,9 +7,8 @@ training batches (data loading included, validation left out), logged as
 The FLOPs of a step are counted once, on the first training batch, with torch's FLOP formulas
 (``torch.utils.flop_counter``): the matrix products, convolutions and attention of every forward
 and backward pass in the step (the frozen encoders' too), which is what MFU is defined on;
-element-wise work and the optimizer update are not counted. ``FlopCounterMode`` itself is not used:
-it runs ops that have no formula through their decompositions, which changes the first step's
-numbers in the last bits and so the whole run; ``FlopCount`` runs every op as it is. MFU needs the
+element-wise work and the optimizer update are not counted (``ldm.flops.FlopCount``, which also
+counts CPU flash attention and runs every op unchanged). MFU needs the
 device's peak rate, which Lightning knows for the common NVIDIA GPUs; on a CPU the FLOP rate is
 logged without it.
 """
@@ -22,8 +21,8 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.trainer.states import RunningStage
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+
+from ldm.flops import FlopCount
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +36,6 @@ def batch_size_of(batch: dict[str, Any]) -> int:
         if key in batch:
             return len(batch[key])
     raise ValueError(f"a batch needs one of {', '.join(BATCH_KEYS)}; it has {', '.join(batch)}")
-
-
-class FlopCount(TorchDispatchMode):
-    """Within the block, adds up the FLOPs of every op torch has a formula for; runs each op unchanged."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
 
 
 class StepFlops(pl.Callback):

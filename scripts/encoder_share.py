@@ -6,7 +6,7 @@
 
 Composes the training config (Hydra overrides after ``--``), builds its autoencoder and U-Net with
 fake tensors (shapes without data: no memory, no arithmetic) and counts with torch's FLOP formulas
-(``ldm.throughput.FlopCount``), per image: the encoder's forward pass on an R x R image, and the
+(``ldm.flops.FlopCount``), per image: the encoder's forward pass on an R x R image, and the
 U-Net's forward and backward pass on the latents, attending to a context of the conditioner's
 length and width; and the frozen text encoder's forward pass on one caption. Training from cached
 latents skips the first; if a step's time follows its FLOPs, caching speeds a step up by at most
@@ -39,7 +39,7 @@ from ldm.autoencoder.model import KLAutoencoder
 from ldm.conditioning.text import OpenCLIPTextEncoder
 from ldm.config import TrainConfig, compose_config
 from ldm.denoiser.unet import UNetModel
-from ldm.throughput import FlopCount
+from ldm.flops import FlopCount
 
 
 def encoder_flops(autoencoder: KLAutoencoder, resolution: int) -> int:

@@ -11,7 +11,7 @@ from ldm.autoencoder.model import KLAutoencoder
 from ldm.conditioning.text import OpenCLIPTextEncoder
 from ldm.config import compose_config
 from ldm.denoiser.unet import UNetModel
-from ldm.throughput import FlopCount
+from ldm.flops import FlopCount
 
 TINY = ["experiment=shapes", "denoiser.model_channels=32", "denoiser.num_head_channels=16"]
 
