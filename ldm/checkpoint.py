@@ -60,15 +60,15 @@ def load_autoencoder(path: str | Path):
 
 
 def load_latent_diffusion(path: str | Path, use_ema: bool = True):
-    """A LatentDiffusionModule with the weights of a stage-2 checkpoint, in eval mode.
+    """The ``LatentDiffusion`` networks with the weights of a stage-2 checkpoint, in eval mode.
 
     When the checkpoint keeps an EMA of the U-Net and `use_ema`, the averaged weights are copied
     into ``model.diffusion_model`` (what samplers use) and the separate copy is dropped.
     """
-    from ldm.diffusion.module import LatentDiffusionModule
+    from ldm.diffusion.latent_diffusion import LatentDiffusion
 
     checkpoint = read_checkpoint(path, expected_stage="diffusion")
-    module = LatentDiffusionModule.from_hparams(checkpoint["hyper_parameters"])
+    module = LatentDiffusion.from_hparams(checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     if module.model_ema is not None and use_ema:
         module.model_ema.copy_to(module.model.diffusion_model)

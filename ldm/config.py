@@ -1,44 +1,58 @@
-"""Typed configuration for every Hydra group, registered in Hydra's ConfigStore.
+"""Typed configuration for every config group: plain dataclasses, one description per field.
 
-The YAML files under ``conf/`` are merged onto these dataclasses, so a misspelt or unknown key
-is rejected when the config is composed, before anything is built. Each field carries a
-one-line description.
+The training layer registers them in Hydra's ConfigStore (``ldm.training.config_store``), so the
+YAML files under ``ldm/conf/`` are merged onto them and a misspelt or unknown key is rejected
+when the config is composed, before anything is built. Nothing here imports Hydra: the core
+builds its networks from these dataclasses alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+"""The YAML config groups, shipped inside the package (``python -m ldm.train``'s config path)."""
+ARCHITECTURE = {"architecture": True}
+"""Field metadata: the field describes a network (a checkpoint's value wins over the config's)."""
+
+
+def architecture_fields(config_class: type) -> tuple[str, ...]:
+    """Names of the fields of a config dataclass that describe the network, not its training."""
+    return tuple(f.name for f in dataclasses.fields(config_class) if f.metadata.get("architecture"))
 
 
 @dataclass
 class AutoencoderConfig:
-    """KL-regularised autoencoder (the SD/LDM first stage) and how stage 1 trains it."""
+    """KL-regularised autoencoder (the SD/LDM first stage) and how stage 1 trains it.
 
-    embed_dim: int = 4
+    Fields marked ``ARCHITECTURE`` describe the network; a trained autoencoder brings its own
+    (``architecture_fields``), the others are training settings.
+    """
+
+    embed_dim: int = field(default=4, metadata=ARCHITECTURE)
     """Channels of the latent z (SD: 4)."""
-    z_channels: int = 4
+    z_channels: int = field(default=4, metadata=ARCHITECTURE)
     """Channels at the encoder output, before quant_conv."""
-    resolution: int = 256
+    resolution: int = field(default=256, metadata=ARCHITECTURE)
     """Image side the network is built for (sets which levels get attention)."""
-    in_channels: int = 3
+    in_channels: int = field(default=3, metadata=ARCHITECTURE)
     """Image channels in."""
-    out_channels: int = 3
+    out_channels: int = field(default=3, metadata=ARCHITECTURE)
     """Image channels out."""
-    ch: int = 128
+    ch: int = field(default=128, metadata=ARCHITECTURE)
     """Base channel count of the encoder and decoder."""
-    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4], metadata=ARCHITECTURE)
     """Channel multiplier per level; len - 1 downsamplings, so f = 2 ** (len - 1)."""
-    num_res_blocks: int = 2
+    num_res_blocks: int = field(default=2, metadata=ARCHITECTURE)
     """Residual blocks per level."""
-    attn_resolutions: list[int] = field(default_factory=list)
+    attn_resolutions: list[int] = field(default_factory=list, metadata=ARCHITECTURE)
     """Feature-map sides at which to add self-attention (the mid block always has one)."""
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata=ARCHITECTURE)
     """Dropout in the residual blocks."""
-    norm_groups: int = 32
+    norm_groups: int = field(default=32, metadata=ARCHITECTURE)
     """GroupNorm groups (SD: 32; weights load whatever the value; tiny networks want fewer)."""
     reconstruction: str = "l1"
     """Reconstruction distance: l1 (LDM) or l2."""
@@ -360,56 +374,3 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-
-
-def register_configs() -> None:
-    """Register the schemas so that conf/config.yaml and the group files are checked against them."""
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    for group, node in [
-        ("autoencoder", AutoencoderConfig),
-        ("denoiser", UNetConfig),
-        ("conditioner", ConditionerConfig),
-        ("sampler", SamplerConfig),
-        ("data", DataConfig),
-        ("trainer", TrainerConfig),
-        ("logger", LoggerConfig),
-    ]:
-        cs.store(group=group, name=f"{group}_schema", node=node)
-
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The training config that ``python -m ldm.train OVERRIDES`` runs with (for scripts)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_object(compose("config", overrides=list(overrides)))
-
-
-def sampler_preset(
-    base: SamplerConfig,
-    name: Optional[str] = None,
-    *,
-    steps: Optional[int] = None,
-    guidance_scale: Optional[float] = None,
-) -> SamplerConfig:
-    """`base`, or the preset conf/sampler/<name>.yaml, with steps and guidance overridden when given."""
-    import dataclasses
-
-    from omegaconf import OmegaConf
-
-    config = base
-    if name is not None:
-        path = CONF_DIR / "sampler" / f"{name}.yaml"
-        if not path.is_file():
-            available = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
-            raise ValueError(f"unknown sampler '{name}'; available: {', '.join(available)}")
-        merged = OmegaConf.merge(OmegaConf.structured(SamplerConfig), OmegaConf.load(path))
-        config = OmegaConf.to_object(merged)
-    overrides = {"steps": steps, "guidance_scale": guidance_scale}
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,4 +1,4 @@
-"""Adam(W) for both training stages: PyTorch's fused kernel where the device and Lightning allow it.
+"""Adam(W) for both training stages (PyTorch's fused kernel where allowed), and the learning-rate schedule.
 
 ``torch.optim.Adam``/``AdamW`` default to a loop over the parameters on CPU (and a multi-tensor
 ``foreach`` loop on CUDA). The fused implementation updates every parameter in one kernel and is
@@ -9,18 +9,18 @@ with fused kernels (CPU and CUDA here); elsewhere the default implementation is 
 
 Lightning refuses to clip the gradients of an optimizer that unscales them inside its own step
 (fused ones) under mixed precision, bf16 included; runs that clip under mixed precision, such as
-the default bf16-mixed GPU run, therefore get the default (``foreach`` on CUDA) implementation.
+the default bf16-mixed GPU run, therefore get the default (``foreach`` on CUDA) implementation
+(``allow_fused=False``, decided by ``ldm.training.precision.fused_allowed``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.plugins.precision import MixedPrecision
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,6 @@ def fused_supported(parameters: Iterable[torch.Tensor]) -> bool:
     return bool(parameters) and all(
         p.is_floating_point() and p.device.type in FUSED_DEVICE_TYPES for p in parameters
     )
-
-
-def fused_allowed(trainer: Optional[pl.Trainer], gradient_clip_val: Optional[float]) -> bool:
-    """False when `trainer` clips gradients under mixed precision, which Lightning refuses for fused optimizers."""
-    if trainer is None or not gradient_clip_val or not isinstance(trainer.precision_plugin, MixedPrecision):
-        return True
-    log.info(
-        "optimizer: not fused (Lightning does not clip the gradients of fused optimizers under %s)",
-        trainer.precision_plugin.precision,
-    )
-    return False
 
 
 def _fused(groups: list[dict[str, Any]] | list[torch.Tensor], allow_fused: bool) -> Optional[bool]:
@@ -67,3 +56,24 @@ def adam(
 ) -> torch.optim.Adam:
     """``torch.optim.Adam`` over `groups` (parameters or parameter groups), fused where supported and allowed."""
     return torch.optim.Adam(groups, fused=_fused(groups, allow_fused), **kwargs)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+"""Learning rate after warm-up: constant, or cosine decay to zero at max_steps."""
+
+
+def check_lr_schedule(schedule: str) -> None:
+    """Raise for an unknown learning-rate schedule."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule '{schedule}'; available: {', '.join(LR_SCHEDULES)}")
+
+
+def lr_multiplier(step: int, *, warmup_steps: int, schedule: str, max_steps: int) -> float:
+    """The factor on the base learning rate at optimizer step `step` (0-based): a linear warm-up
+    over `warmup_steps`, then constant or a cosine decay that reaches 0 at `max_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0

@@ -55,7 +55,7 @@ class Text2Image:
 
     @classmethod
     def from_module(cls, module: nn.Module) -> Text2Image:
-        """From a LatentDiffusionModule (shares its weights)."""
+        """From a ``LatentDiffusion`` (or the training module built on it; shares its weights)."""
         return cls(
             module.first_stage_model,
             module.cond_stage_model,

@@ -29,6 +29,7 @@ from torch import nn
 from ldm.checkpoint import CheckpointError
 from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
+from ldm.diffusion.scaling import choose_scale_factor
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,14 @@ def ldm_checkpoint_from_sd(
         check_part(name, parts[name], shapes[prefix])
     if parts["skipped"]:
         log.info("skipped %d keys not used by ldm (schedule buffers, EMA copies)", len(parts["skipped"]))
-    scale = scale_factor or parts["scale_factor"] or arch.diffusion.scale_factor or SD_SCALE_FACTOR
+    scale, _ = choose_scale_factor(
+        [
+            ("the argument", scale_factor),
+            ("the file", parts["scale_factor"]),
+            ("the architecture", arch.diffusion.scale_factor),
+            ("SD's kl-f8", SD_SCALE_FACTOR),
+        ]
+    )
     state_dict = {PREFIXES[name] + k: v for name in PREFIXES for k, v in parts[name].items()}
     state_dict["scale_factor"] = torch.tensor(float(scale))
     diffusion = dataclasses.replace(arch.diffusion, scale_factor=float(scale), ema=False, init_from=None)

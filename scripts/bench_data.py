@@ -42,7 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import TarWriter
 
-from ldm.data.shards import ShardDataModule
+from ldm.training.datamodule import ShardDataModule
 
 log = logging.getLogger("bench_data")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ldm.config import compose_config
 from ldm.denoiser.unet import UNetModel
+from ldm.training.config_store import compose_config
 
 IMPLEMENTATIONS = {
     "loop": {"foreach": False, "fused": False},

@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 
 from ldm.checkpoint import CheckpointError
-from ldm.config import CONF_DIR, sampler_preset
 from ldm.eval.evaluate import evaluate_shapes
 from ldm.eval.shapes import SHAPE_PROMPTS
 from ldm.pipeline import Text2Image
+from ldm.samplers.presets import sampler_preset, sampler_presets
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    presets = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
+    presets = sampler_presets()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="stage-2 checkpoint")
     p.add_argument("--samplers", nargs="+", default=presets, help="presets of conf/sampler (default: all)")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ldm.autoencoder.model import KLAutoencoder
 from ldm.checkpoint import autoencoder_weights, read_checkpoint
 from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
-from ldm.config import AutoencoderConfig, DataConfig, TrainConfig, compose_config
+from ldm.config import AutoencoderConfig, DataConfig, TrainConfig
 from ldm.data.latents import (
     DTYPES,
     image_batches,
@@ -47,6 +47,7 @@ from ldm.data.latents import (
 from ldm.data.shards import shard_urls
 from ldm.data.urls import expand_urls
 from ldm.sd_checkpoint import load_part, read_state_dict, split_sd_state_dict
+from ldm.training.config_store import compose_config
 
 log = logging.getLogger("cache_latents")
 

@@ -37,9 +37,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ldm.autoencoder.model import KLAutoencoder
 from ldm.conditioning.text import OpenCLIPTextEncoder
-from ldm.config import TrainConfig, compose_config
+from ldm.config import TrainConfig
 from ldm.denoiser.unet import UNetModel
 from ldm.flops import FlopCount
+from ldm.training.config_store import compose_config
 
 
 def encoder_flops(autoencoder: KLAutoencoder, resolution: int) -> int:

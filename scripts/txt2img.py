@@ -21,8 +21,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from ldm.checkpoint import CheckpointError
-from ldm.config import sampler_preset
 from ldm.pipeline import Text2Image
+from ldm.samplers.presets import sampler_preset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from ldm.config import SamplerConfig
-from ldm.diffusion.module import LatentDiffusionModule
 from ldm.pipeline import Text2Image
+from ldm.training.diffusion_module import LatentDiffusionModule
 from tests.conftest import tiny_module_configs
 
 

@@ -7,7 +7,6 @@ import torch
 
 from ldm.checkpoint import CheckpointError, load_latent_diffusion
 from ldm.config import DiffusionConfig
-from ldm.diffusion.module import LatentDiffusionModule
 from ldm.pipeline import Text2Image
 from ldm.sd_checkpoint import (
     SDArchitecture,
@@ -19,6 +18,7 @@ from ldm.sd_checkpoint import (
     save_state_dict,
     sd_state_dict_from_ldm,
 )
+from ldm.training.diffusion_module import LatentDiffusionModule
 from tests.conftest import tiny_module_configs
 
 

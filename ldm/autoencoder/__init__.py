@@ -1,18 +1,16 @@
-"""The KL autoencoder of latent diffusion (SD weight layout), its losses, and its Lightning module."""
+"""The KL autoencoder of latent diffusion (SD weight layout) and its losses (plain PyTorch)."""
 
 from ldm.autoencoder.discriminator import NLayerDiscriminator
 from ldm.autoencoder.distributions import DiagonalGaussianDistribution
 from ldm.autoencoder.latent_stats import compute_latent_stats, stored_scale_factor
 from ldm.autoencoder.losses import AutoencoderLoss, ReconstructionKLLoss
 from ldm.autoencoder.model import Decoder, Encoder, KLAutoencoder
-from ldm.autoencoder.module import AutoencoderModule
 from ldm.autoencoder.perceptual import LPIPS, load_lpips
 from ldm.autoencoder.sd_vae import load_sd_vae, save_sd_vae
 
 __all__ = [
     "LPIPS",
     "AutoencoderLoss",
-    "AutoencoderModule",
     "Decoder",
     "DiagonalGaussianDistribution",
     "Encoder",

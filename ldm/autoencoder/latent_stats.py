@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ldm.autoencoder.model import KLAutoencoder
+from ldm.diffusion.scaling import scale_factor_of_latents
 
 CHECKPOINT_KEY = "latent_stats"
 """Where the statistics live in an autoencoder checkpoint dict."""
@@ -27,7 +28,7 @@ def compute_latent_stats(
 ) -> dict[str, Any]:
     """Statistics of posterior samples z ~ q(z|x) over up to `max_batches` image batches.
 
-    scale_factor = 1 / std over all elements (as ``ldm.diffusion.scaling.estimate_scale_factor``);
+    scale_factor = 1 / std over all elements (``ldm.diffusion.scaling.scale_factor_of_latents``);
     mean and std per latent channel. The posterior noise comes from a generator seeded with `seed`.
     """
     if max_batches < 1:
@@ -44,11 +45,8 @@ def compute_latent_stats(
     if not latents:
         raise ValueError("no batches to compute latent statistics from")
     flat = torch.cat(latents, dim=1)  # [C, N]
-    std = flat.std().item()
-    if not std > 0:
-        raise ValueError(f"latent std is {std}: the autoencoder's latents are degenerate")
     return {
-        "scale_factor": 1.0 / std,
+        "scale_factor": scale_factor_of_latents([flat], max_batches=1),
         "mean": [float(v) for v in flat.mean(dim=1)],
         "std": [float(v) for v in flat.std(dim=1)],
         "num_images": num_images,

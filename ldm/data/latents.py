@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
@@ -220,17 +219,6 @@ def check_cache_text_encoder(train_urls: list[str], text_encoder: torch.nn.Modul
             f"encoder (sha256 {cached[:12]}...) than this run's conditioner: cache them again with "
             "scripts/cache_latents.py --text and this run's config overrides, or set data.cached_text=false"
         )
-
-
-class CachedTextCheck(pl.Callback):
-    """At the start of a fit, once the weights are final (initial, loaded or resumed), checks that
-    the cached text embeddings of `train_urls` come from the module's text encoder."""
-
-    def __init__(self, train_urls: list[str]):
-        self.train_urls = list(train_urls)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_cache_text_encoder(self.train_urls, pl_module.cond_stage_model)
 
 
 @dataclass

@@ -3,9 +3,10 @@
 Broken data must never stop or hang training. The reader skips a sample it cannot use and counts
 why in a ``SampleCounter``: a small table in shared memory with one row per DataLoader worker, so
 the main process reads exact totals whatever the batching (a dropped last batch, the end of a pass)
-without any message passing. ``DataQualityCallback`` logs the totals as metrics, reports them at
-the end of a run, and stops the run with a clear message when the corrupt fraction exceeds a
-ceiling (the data is mostly broken).
+without any message passing. The training layer's ``DataQualityCallback``
+(``ldm.training.callbacks``) logs the totals as metrics, reports them at the end of a run, and
+stops the run with a clear message when the corrupt fraction exceeds a ceiling (the data is
+mostly broken).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import math
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 import torch
 
 from ldm.config import DataFiltersConfig
@@ -140,77 +140,6 @@ class SampleCounter:
         """This process's row number followed by its row: what a sample carries to say what was read before it."""
         row = self._row()
         return [row, *self.table[row].tolist()]
-
-
-class DataQualityCallback(pl.Callback):
-    """Reports the training stream's SampleCounter; enforces ``max_skip_fraction``.
-
-    The counter is the datamodule's ``train_counter``. The ceiling is checked once at least
-    ``min_samples`` samples were read or skipped, so that a few broken samples at the start of a
-    stream do not stop a run.
-    """
-
-    def __init__(self, max_skip_fraction: float = 0.5, min_samples: int = 256, log_every_n_steps: int = 50):
-        if not 0.0 < max_skip_fraction <= 1.0:
-            raise ValueError(f"max_skip_fraction must be in (0, 1], got {max_skip_fraction}")
-        self.max_skip_fraction = max_skip_fraction
-        self.min_samples = min_samples
-        self.log_every_n_steps = log_every_n_steps
-
-    @staticmethod
-    def counter(trainer: pl.Trainer) -> SampleCounter | None:
-        return getattr(trainer.datamodule, "train_counter", None)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        counter = self.counter(trainer)
-        if counter is not None:
-            # Count this fit only (stages share a data module); before the loop's first prefetch.
-            counter.reset()
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._batches_this_epoch = 0
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # An epoch without a batch would repeat forever: fewer usable samples than one batch. The
-        # first epoch of a resumed fit may rightly be empty (the checkpoint was at its last batch).
-        resumed = getattr(trainer.datamodule, "resuming", False)
-        if resumed:
-            trainer.datamodule.resuming = False
-        if getattr(self, "_batches_this_epoch", 1) == 0 and not resumed:
-            counter = self.counter(trainer)
-            totals = counter.totals() if counter is not None else {"read": 0, **dict.fromkeys(SKIP_KINDS, 0)}
-            raise DataQualityError(
-                f"a training epoch gave no batch: {totals['read']} usable samples per pass are fewer than "
-                f"one batch per DataLoader worker (skipped: {breakdown(totals)}); use more data or a smaller batch"
-            )
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
-    ):
-        self._batches_this_epoch = getattr(self, "_batches_this_epoch", 0) + 1
-        counter = self.counter(trainer)
-        if counter is None:
-            return
-        totals = counter.totals()
-        corrupt = sum(totals[k] for k in CORRUPT_KINDS)
-        seen = totals["read"] + corrupt + totals["filtered"]
-        if trainer.global_step % self.log_every_n_steps == 0:
-            pl_module.log_dict({"data/read": float(totals["read"]), "data/corrupt": float(corrupt)})
-        if seen >= self.min_samples and corrupt / seen > self.max_skip_fraction:
-            raise DataQualityError(
-                f"{corrupt} of {seen} samples read so far were corrupt "
-                f"({corrupt / seen:.0%} > data.max_skip_fraction={self.max_skip_fraction}): "
-                f"{breakdown(totals)}. Check the shards."
-            )
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        counter = self.counter(trainer)
-        if counter is not None:
-            totals = counter.totals()
-            corrupt = sum(totals[k] for k in CORRUPT_KINDS)
-            log.info(
-                "data: read %d samples, skipped %d corrupt (%s)", totals["read"], corrupt, breakdown(totals)
-            )
 
 
 def breakdown(totals: dict[str, int]) -> str:

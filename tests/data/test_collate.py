@@ -11,7 +11,7 @@ from webdataset import TarWriter
 
 from ldm.data.collate import collate_samples
 from ldm.data.decode import decode_image, resize_and_crop, to_model_range
-from ldm.data.shards import ShardDataModule
+from ldm.training.datamodule import ShardDataModule
 
 
 def jpeg(seed: int, size=(90, 70)) -> bytes:

@@ -7,8 +7,9 @@ import torch
 from webdataset import TarWriter
 
 from ldm.config import DataConfig
-from ldm.data.shards import build_datamodule, shard_dataset
+from ldm.data.shards import shard_dataset
 from ldm.data.urls import expand_sources, mixture_weights
+from ldm.training.datamodule import build_datamodule
 from tests.data.test_quality import png
 
 N_SHARDS, PER_SHARD = 8, 6

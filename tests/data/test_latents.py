@@ -9,11 +9,11 @@ import pytest
 import torch
 from webdataset import TarWriter
 
+from ldm.conditioning.dropout import kept_captions
 from ldm.conditioning.text import OpenCLIPTextEncoder
 from ldm.config import DataConfig, TrainConfig
 from ldm.data.decode import ImageDecoder, model_inputs
 from ldm.data.latents import (
-    CachedTextCheck,
     LatentDecoder,
     check_cache_text_encoder,
     checkpoint_fingerprint,
@@ -25,10 +25,11 @@ from ldm.data.latents import (
     write_latent_shards,
 )
 from ldm.data.shapes import write_shapes_dataset
-from ldm.data.shards import build_datamodule
 from ldm.data.stream import ShardStream
-from ldm.diffusion.module import LatentDiffusionModule
-from ldm.train import run
+from ldm.training.callbacks import CachedTextCheck
+from ldm.training.datamodule import build_datamodule
+from ldm.training.diffusion_module import LatentDiffusionModule
+from ldm.training.train import run
 from tests.conftest import save_tiny_autoencoder, tiny_module_configs
 
 
@@ -283,7 +284,7 @@ def test_training_step_on_cached_text_equals_encoding_captions(text_cache):
     assert losses["cached_again"] == losses["cached"]
 
     torch.manual_seed(2)
-    keep = module.kept_captions(8)
+    keep = kept_captions(8, module.caption_dropout)
     assert 0 < int(keep.sum()) < 8  # this seed keeps some captions and drops others
     torch.manual_seed(2)
     context = module.context_of(from_cache, drop=True)

@@ -10,8 +10,9 @@ from PIL import Image
 from webdataset import TarWriter
 
 from ldm.config import DataFiltersConfig
-from ldm.data.quality import DataQualityCallback, DataQualityError, SampleCounter, SampleFilter
+from ldm.data.quality import DataQualityError, SampleCounter, SampleFilter
 from ldm.data.shards import shard_dataset
+from ldm.training.callbacks import DataQualityCallback
 
 
 def png(color=(255, 0, 0), size=(40, 30)) -> bytes:

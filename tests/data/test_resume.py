@@ -8,7 +8,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ldm.data.shapes import write_shapes_dataset
-from ldm.data.shards import ShardDataModule
+from ldm.training.datamodule import ShardDataModule
 
 STEPS = 20
 """Two and a half passes: 6 shards of 6 samples, 2 workers x 3 shards, 4 batches of 4 per worker."""

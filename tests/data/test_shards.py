@@ -15,7 +15,8 @@ from webdataset import TarWriter
 
 from ldm.config import DataConfig
 from ldm.data.shapes import write_shapes_dataset
-from ldm.data.shards import ShardDataModule, build_datamodule, shard_dataset
+from ldm.data.shards import shard_dataset
+from ldm.training.datamodule import ShardDataModule, build_datamodule
 
 
 @pytest.fixture(scope="module")

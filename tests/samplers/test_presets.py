@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from ldm.config import CONF_DIR, SamplerConfig, sampler_preset
+from ldm.config import SamplerConfig
 from ldm.samplers import SAMPLERS
+from ldm.samplers.presets import sampler_preset, sampler_presets
 from ldm.samplers.sigmas import get_sigmas
 
-PRESETS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
+PRESETS = sampler_presets()
 
 
 def test_every_sampler_has_a_preset_named_after_it():

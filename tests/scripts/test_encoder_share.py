@@ -9,9 +9,9 @@ import torch
 
 from ldm.autoencoder.model import KLAutoencoder
 from ldm.conditioning.text import OpenCLIPTextEncoder
-from ldm.config import compose_config
 from ldm.denoiser.unet import UNetModel
 from ldm.flops import FlopCount
+from ldm.training.config_store import compose_config
 
 TINY = ["experiment=shapes", "denoiser.model_channels=32", "denoiser.num_head_channels=16"]
 

@@ -5,15 +5,15 @@ import csv
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from ldm.autoencoder.module import AutoencoderModule
 from ldm.config import AutoencoderConfig
 from ldm.denoiser.attention import SpatialTransformer
 from ldm.flops import FlopCount
-from ldm.throughput import StepFlops, batch_size_of, check_window, throughput_callbacks
+from ldm.training.autoencoder_module import AutoencoderModule
+from ldm.training.throughput import StepFlops, batch_size_of, check_window, throughput_callbacks
 
 BATCH, IN, OUT = 8, 16, 4
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-import ldm.checkpoint_io
-from ldm.checkpoint_io import StreamingCheckpointIO
+import ldm.training.checkpoint_io
+from ldm.training.checkpoint_io import StreamingCheckpointIO
 
 MB = 1 << 20
 
@@ -67,7 +67,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ldm.checkpoint_io.torch, "save", fail_midway)
+    monkeypatch.setattr(ldm.training.checkpoint_io.torch, "save", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         StreamingCheckpointIO().save_checkpoint(checkpoint_of(1, seed=2), path)
     assert path.read_bytes() == before
@@ -81,7 +81,7 @@ def test_rejects_storage_options(tmp_path):
 
 def test_training_writes_checkpoints_with_it(tmp_path):
     from ldm.config import TrainConfig
-    from ldm.train import build_trainer
+    from ldm.training.train import build_trainer
 
     trainer = build_trainer(TrainConfig(), tmp_path, "diffusion", 1, [])
     assert isinstance(trainer.strategy.checkpoint_io, StreamingCheckpointIO)

@@ -29,7 +29,8 @@ from ldm.autoencoder.model import KLAutoencoder
 from ldm.autoencoder.perceptual import load_lpips
 from ldm.config import AutoencoderConfig
 from ldm.data.decode import model_inputs
-from ldm.optim import adam, fused_allowed
+from ldm.optim import adam
+from ldm.training.precision import fused_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +38,6 @@ STAGE = "autoencoder"
 """Value of ``checkpoint["ldm_stage"]`` in checkpoints written by this module."""
 MAX_IMAGES = 8
 """Inputs (and their reconstructions) in the validation image grid."""
-AUTOENCODER_TRAINING_FIELDS = (
-    "ckpt_path",
-    "kl_weight",
-    "learning_rate",
-    "max_steps",
-    "batch_size",
-    "reconstruction",
-    "perceptual_weight",
-    "perceptual_weights",
-    "vgg_weights",
-    "disc_weight",
-    "disc_start",
-    "disc_factor",
-    "disc_loss",
-    "disc_num_layers",
-    "disc_channels",
-    "disc_norm",
-    "gradient_clip_val",
-    "latent_stats_batches",
-    "fid_inception_weights",
-)
-"""``AutoencoderConfig`` fields about training, not the architecture (a trained one keeps its own)."""
-
-
 def to_unit_range(images: Tensor) -> Tensor:
     """Map images from [-1, 1] to [0, 1], clamping what falls outside."""
     return ((images + 1.0) / 2.0).clamp(0.0, 1.0)

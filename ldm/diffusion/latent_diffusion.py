@@ -1,29 +1,31 @@
-"""LatentDiffusionModule: the Lightning wiring of stage 2.
+"""LatentDiffusion: the networks of a text-to-image latent diffusion model, and how a batch reaches them.
 
 A frozen autoencoder encodes images to latents (times the scale factor), a text encoder (frozen
-unless ``conditioner.trainable``) embeds captions (some dropped to the empty prompt, for
-classifier-free guidance), and the U-Net learns the denoising objective. Batches of cached latents
-carry the posterior's ``moments`` instead of images, and may carry each caption's text-encoder
-states as ``context``; then the encoders they stand for do not run. With ``diffusion.ema``
-an exponential moving average of the U-Net is updated after every optimizer step and used for
-validation and sample grids. Attribute names follow Stable Diffusion's checkpoints:
-``first_stage_model``, ``cond_stage_model``, ``model.diffusion_model``, ``scale_factor``; the
-average is ``model_ema.module.*``.
+unless ``conditioner.trainable``) embeds captions, and the U-Net, wrapped as a denoiser of sigma
+(``DiscreteDenoiser``), predicts the noise (or v, or x0). With ``diffusion.ema`` an exponential
+moving average of the U-Net is kept beside it. Batches of cached latents carry the posterior's
+``moments`` instead of images, and may carry each caption's text-encoder states as ``context``;
+then the encoders they stand for do not run.
+
+Attribute names follow Stable Diffusion's checkpoints, so the state dict has SD's keys:
+``first_stage_model.*``, ``cond_stage_model.model.*``, ``model.diffusion_model.*``,
+``scale_factor``; the average is ``model_ema.module.*``. Plain PyTorch: sampling builds this from a
+checkpoint, and the training layer's ``LatentDiffusionModule`` adds the optimisation to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Iterator
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from ldm.autoencoder.distributions import DiagonalGaussianDistribution
 from ldm.autoencoder.model import KLAutoencoder
+from ldm.conditioning.dropout import drop_captions, drop_contexts, kept_captions
 from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
 from ldm.denoiser.unet import UNetModel
@@ -31,13 +33,11 @@ from ldm.diffusion.ema import ExponentialMovingAverage
 from ldm.diffusion.objective import DiffusionObjective
 from ldm.diffusion.parametrization import DiscreteDenoiser
 from ldm.diffusion.schedules import alphas_cumprod_from_config
-from ldm.optim import adamw, fused_allowed
-
-LR_SCHEDULES = ("constant", "cosine")
+from ldm.optim import check_lr_schedule
 
 
-class LatentDiffusionModule(pl.LightningModule):
-    """Trains a text-conditioned U-Net on the latents of a frozen autoencoder."""
+class LatentDiffusion(nn.Module):
+    """The autoencoder, text encoder and denoising U-Net (and its EMA) of one model, built from configs."""
 
     def __init__(
         self,
@@ -55,21 +55,16 @@ class LatentDiffusionModule(pl.LightningModule):
                 f"denoiser in/out channels ({denoiser.in_channels}/{denoiser.out_channels}) must equal the "
                 f"autoencoder's latent channels (autoencoder.embed_dim={autoencoder.embed_dim})"
             )
-        if diffusion.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"unknown lr_schedule '{diffusion.lr_schedule}'; available: {', '.join(LR_SCHEDULES)}"
-            )
+        check_lr_schedule(diffusion.lr_schedule)
         # Plain dicts only, so that checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(
-            {
-                "autoencoder": dataclasses.asdict(autoencoder),
-                "denoiser": dataclasses.asdict(denoiser),
-                "conditioner": dataclasses.asdict(conditioner),
-                "diffusion": dataclasses.asdict(diffusion),
-                "sampler": dataclasses.asdict(sampler),
-                "image_size": image_size,
-            }
-        )
+        self.checkpoint_hparams: dict[str, Any] = {
+            "autoencoder": dataclasses.asdict(autoencoder),
+            "denoiser": dataclasses.asdict(denoiser),
+            "conditioner": dataclasses.asdict(conditioner),
+            "diffusion": dataclasses.asdict(diffusion),
+            "sampler": dataclasses.asdict(sampler),
+            "image_size": image_size,
+        }
         self.diffusion_config = diffusion
         self.conditioner_config = conditioner
         self.sampler_config = sampler
@@ -101,23 +96,21 @@ class LatentDiffusionModule(pl.LightningModule):
             )
         self.register_buffer("scale_factor", torch.tensor(diffusion.scale_factor or 1.0))
         self._empty_context: Optional[torch.Tensor] = None
-        self._validation_weights = contextlib.ExitStack()
 
-    @classmethod
-    def from_hparams(
-        cls,
+    @staticmethod
+    def configs_from_hparams(
         hparams: dict[str, Any],
         *,
         diffusion: Optional[DiffusionConfig] = None,
         sampler: Optional[SamplerConfig] = None,
-    ) -> LatentDiffusionModule:
-        """Rebuild the module (random weights) from a checkpoint's hyper_parameters.
+    ) -> dict[str, Any]:
+        """The constructor's keyword arguments from a checkpoint's hyper_parameters.
 
         The text encoder is built without its pretrained weights (the checkpoint holds them), so
         that loading a checkpoint needs neither the open_clip cache nor a download. ``diffusion``
         and ``sampler`` replace the checkpoint's training settings (a resumed run's config).
         """
-        return cls(
+        return dict(
             autoencoder=AutoencoderConfig(**hparams["autoencoder"]),
             denoiser=UNetConfig(**hparams["denoiser"]),
             conditioner=without_pretrained(ConditionerConfig(**hparams["conditioner"])),
@@ -126,7 +119,12 @@ class LatentDiffusionModule(pl.LightningModule):
             image_size=hparams["image_size"],
         )
 
-    def train(self, mode: bool = True) -> LatentDiffusionModule:
+    @classmethod
+    def from_hparams(cls, hparams: dict[str, Any], **replacements: Any) -> LatentDiffusion:
+        """Rebuild the networks (random weights) from a checkpoint's hyper_parameters."""
+        return cls(**cls.configs_from_hparams(hparams, **replacements))
+
+    def train(self, mode: bool = True) -> LatentDiffusion:
         """The autoencoder stays frozen in eval mode (and the text encoder unless trainable)."""
         super().train(mode)
         self.first_stage_model.eval()
@@ -153,18 +151,12 @@ class LatentDiffusionModule(pl.LightningModule):
         posterior = self.posterior_of(batch)
         return (posterior.sample() if sample else posterior.mode()) * self.scale_factor
 
-    def kept_captions(self, n: int) -> Optional[torch.Tensor]:
-        """Which of `n` training captions to keep (bool, n): each is dropped with probability
-        caption_dropout; None without dropout."""
-        if self.caption_dropout <= 0:
-            return None
-        return torch.rand(n) >= self.caption_dropout
-
     def empty_context(self) -> torch.Tensor:
-        """The frozen text encoder's states of the empty prompt, 1 x T x D (computed once)."""
+        """The frozen text encoder's states of the empty prompt, 1 x T x D (computed once per device)."""
         if self.cond_stage_model.trainable:
             raise ValueError("a trainable text encoder has no fixed empty-prompt context")
-        if self._empty_context is None or self._empty_context.device != self.device:
+        device = self.scale_factor.device
+        if self._empty_context is None or self._empty_context.device != device:
             with torch.no_grad():
                 self._empty_context = self.cond_stage_model([""])
         return self._empty_context
@@ -173,67 +165,19 @@ class LatentDiffusionModule(pl.LightningModule):
         """Per-token text states of a batch's captions, B x T x D: its cached ``context`` or the text
         encoder's; with `drop`, some are the empty prompt's (the same draws either way)."""
         captions = list(batch["caption"])
-        keep = self.kept_captions(len(captions)) if drop else None
+        keep = kept_captions(len(captions), self.caption_dropout) if drop else None
         if "context" not in batch:
-            if keep is not None:
-                captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
-            return self.cond_stage_model(captions)
+            return self.cond_stage_model(drop_captions(captions, keep))
         context = batch["context"].float()
-        if keep is not None and not keep.all():
-            empty = self.empty_context().to(context.dtype)
-            context = torch.where(keep.to(context.device)[:, None, None], context, empty)
-        return context
+        if keep is None or keep.all():
+            return context
+        return drop_contexts(context, keep, self.empty_context())
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        z = self.latents_of(batch, sample=True)
-        context = self.context_of(batch, drop=True)
-        loss = self.objective(self.model.diffusion_model, z, context)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimizer step, then the EMA update."""
-        super().optimizer_step(*args, **kwargs)
-        if self.model_ema is not None:
-            self.model_ema.update(self.model.diffusion_model)
-
-    def on_validation_epoch_start(self) -> None:
-        self._validation_weights.enter_context(self.ema_scope())
-
-    def on_validation_epoch_end(self) -> None:
-        self._validation_weights.close()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # A fixed generator per batch makes validation losses comparable across steps and runs.
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        z = self.latents_of(batch, sample=False)
-        context = self.context_of(batch, drop=False)
-        loss = self.objective(self.model.diffusion_model, z, context, generator=generator)
-        self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])
-
-    def configure_optimizers(self) -> Any:
-        cfg = self.diffusion_config
-        groups = [{"params": list(self.model.diffusion_model.parameters()), "lr": cfg.learning_rate}]
-        if self.conditioner_config.trainable:
-            lr = self.conditioner_config.learning_rate or cfg.learning_rate
-            trainable = [p for p in self.cond_stage_model.parameters() if p.requires_grad]
-            groups.append({"params": trainable, "lr": lr})
-        trainer = self._trainer
-        allow_fused = fused_allowed(trainer, trainer.gradient_clip_val if trainer is not None else None)
-        optimizer = adamw(
-            groups, allow_fused=allow_fused, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-        )
-
-        def lr_lambda(step: int) -> float:
-            if step < cfg.warmup_steps:
-                return (step + 1) / cfg.warmup_steps
-            if cfg.lr_schedule == "cosine":
-                progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-            return 1.0
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ldm_stage"] = "diffusion"
+    def loss(
+        self, batch: dict[str, Any], *, train: bool, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """The denoising loss of a batch: fresh posterior samples and caption dropout when `train`,
+        posterior means and all captions otherwise."""
+        z = self.latents_of(batch, sample=train)
+        context = self.context_of(batch, drop=train)
+        return self.objective(self.model.diffusion_model, z, context, generator=generator)

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from ldm.autoencoder.model import KLAutoencoder
-from ldm.autoencoder.module import AutoencoderModule
 from ldm.config import AutoencoderConfig
+from ldm.training.autoencoder_module import AutoencoderModule
 
 
 def tiny_config(**overrides) -> AutoencoderConfig:

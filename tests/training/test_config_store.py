@@ -7,7 +7,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from ldm.config import CONF_DIR, SamplerConfig, TrainConfig, register_configs, sampler_preset
+from ldm.config import CONF_DIR, SamplerConfig, TrainConfig
+from ldm.samplers.presets import sampler_preset
+from ldm.training.config_store import register_configs
 
 register_configs()
 GROUPS = ["autoencoder", "denoiser", "conditioner", "sampler", "data", "trainer", "logger", "experiment"]

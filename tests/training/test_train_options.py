@@ -5,22 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from ldm import train
-from ldm.config import compose_config
 from ldm.denoiser.unet import UNetModel
 from ldm.sd_checkpoint import get_sd_architecture
-
-
-def test_auto_precision_is_bf16_mixed_only_on_a_bf16_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert train.resolve_precision("auto", "auto") == "bf16-mixed"
-    assert train.resolve_precision("auto", "cpu") == "32-true"
-    assert train.resolve_precision("16-mixed", "auto") == "16-mixed"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert train.resolve_precision("auto", "gpu") == "32-true"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert train.resolve_precision("auto", "auto") == "32-true"
+from ldm.training.config_store import compose_config
 
 
 def test_the_default_run_keeps_its_objective():

@@ -1,0 +1,153 @@
+"""Lightning callbacks: sample grids during stage-2 training, data-quality reports, the cached-text check."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from torchvision.utils import make_grid, save_image
+
+from ldm.data.latents import check_cache_text_encoder
+from ldm.data.quality import CORRUPT_KINDS, SKIP_KINDS, DataQualityError, SampleCounter, breakdown
+from ldm.pipeline import Text2Image
+
+log = logging.getLogger(__name__)
+
+
+class SampleGridCallback(pl.Callback):
+    """Every `every_n_steps` (and at the end of training) samples `prompts` and saves a grid PNG.
+
+    Each row is one prompt, each column one seed, so grids from different steps compare directly.
+    Files go to ``<root dir>/images/samples-stepNNNNNN.png``; W&B runs also get the image.
+    """
+
+    def __init__(self, prompts: Sequence[str], n_per_prompt: int = 4, every_n_steps: int = 0, seed: int = 0):
+        if not prompts:
+            raise ValueError("SampleGridCallback needs at least one prompt")
+        self.prompts = list(prompts)
+        self.n_per_prompt = n_per_prompt
+        self.every_n_steps = every_n_steps
+        self.seed = seed
+        self.last_path: Path | None = None
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
+            self.log_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.log_grid(trainer, pl_module)
+
+    @torch.no_grad()
+    def log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._last_step = trainer.global_step
+        was_training = pl_module.training
+        pl_module.eval()
+        prompts = [p for p in self.prompts for _ in range(self.n_per_prompt)]
+        seeds = [self.seed + i for _ in self.prompts for i in range(self.n_per_prompt)]
+        ema_scope = getattr(pl_module, "ema_scope", contextlib.nullcontext)
+        with ema_scope():  # the EMA weights when the module keeps them
+            images = Text2Image.from_module(pl_module)(prompts, seeds)
+        pl_module.train(was_training)
+        path = Path(trainer.default_root_dir) / "images" / f"samples-step{trainer.global_step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images, path, nrow=self.n_per_prompt, padding=1)
+        self.last_path = path
+        log.info("sample grid at step %d: %s", trainer.global_step, path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                grid = make_grid(images, nrow=self.n_per_prompt, padding=1)
+                logger.log_image(
+                    "samples", [grid], step=trainer.global_step, caption=[" | ".join(self.prompts)]
+                )
+
+
+class DataQualityCallback(pl.Callback):
+    """Reports the training stream's SampleCounter; enforces ``max_skip_fraction``.
+
+    The counter is the datamodule's ``train_counter``. The ceiling is checked once at least
+    ``min_samples`` samples were read or skipped, so that a few broken samples at the start of a
+    stream do not stop a run.
+    """
+
+    def __init__(self, max_skip_fraction: float = 0.5, min_samples: int = 256, log_every_n_steps: int = 50):
+        if not 0.0 < max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in (0, 1], got {max_skip_fraction}")
+        self.max_skip_fraction = max_skip_fraction
+        self.min_samples = min_samples
+        self.log_every_n_steps = log_every_n_steps
+
+    @staticmethod
+    def counter(trainer: pl.Trainer) -> SampleCounter | None:
+        return getattr(trainer.datamodule, "train_counter", None)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counter = self.counter(trainer)
+        if counter is not None:
+            # Count this fit only (stages share a data module); before the loop's first prefetch.
+            counter.reset()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batches_this_epoch = 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # An epoch without a batch would repeat forever: fewer usable samples than one batch. The
+        # first epoch of a resumed fit may rightly be empty (the checkpoint was at its last batch).
+        resumed = getattr(trainer.datamodule, "resuming", False)
+        if resumed:
+            trainer.datamodule.resuming = False
+        if getattr(self, "_batches_this_epoch", 1) == 0 and not resumed:
+            counter = self.counter(trainer)
+            totals = counter.totals() if counter is not None else {"read": 0, **dict.fromkeys(SKIP_KINDS, 0)}
+            raise DataQualityError(
+                f"a training epoch gave no batch: {totals['read']} usable samples per pass are fewer than "
+                f"one batch per DataLoader worker (skipped: {breakdown(totals)}); use more data or a smaller batch"
+            )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
+    ):
+        self._batches_this_epoch = getattr(self, "_batches_this_epoch", 0) + 1
+        counter = self.counter(trainer)
+        if counter is None:
+            return
+        totals = counter.totals()
+        corrupt = sum(totals[k] for k in CORRUPT_KINDS)
+        seen = totals["read"] + corrupt + totals["filtered"]
+        if trainer.global_step % self.log_every_n_steps == 0:
+            pl_module.log_dict({"data/read": float(totals["read"]), "data/corrupt": float(corrupt)})
+        if seen >= self.min_samples and corrupt / seen > self.max_skip_fraction:
+            raise DataQualityError(
+                f"{corrupt} of {seen} samples read so far were corrupt "
+                f"({corrupt / seen:.0%} > data.max_skip_fraction={self.max_skip_fraction}): "
+                f"{breakdown(totals)}. Check the shards."
+            )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counter = self.counter(trainer)
+        if counter is not None:
+            totals = counter.totals()
+            corrupt = sum(totals[k] for k in CORRUPT_KINDS)
+            log.info(
+                "data: read %d samples, skipped %d corrupt (%s)", totals["read"], corrupt, breakdown(totals)
+            )
+
+
+class CachedTextCheck(pl.Callback):
+    """At the start of a fit, once the weights are final (initial, loaded or resumed), checks that
+    the cached text embeddings of `train_urls` come from the module's text encoder."""
+
+    def __init__(self, train_urls: list[str]):
+        self.train_urls = list(train_urls)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_cache_text_encoder(self.train_urls, pl_module.cond_stage_model)

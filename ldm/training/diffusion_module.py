@@ -1,0 +1,77 @@
+"""LatentDiffusionModule: stage 2 in Lightning, the optimisation wired onto ``LatentDiffusion``.
+
+The networks, the batch-to-loss path and the EMA live in the core ``ldm.diffusion.latent_diffusion``;
+this class adds the Lightning pieces: the training and validation steps' logging, AdamW with the
+warm-up/cosine schedule (``ldm.optim``), the EMA update after each optimizer step, validation on
+the EMA weights, and the stage tag in checkpoints. Its state dict is ``LatentDiffusion``'s, so
+checkpoints have SD's keys and load into the core class for sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ldm.diffusion.latent_diffusion import LatentDiffusion
+from ldm.optim import adamw, lr_multiplier
+from ldm.training.precision import fused_allowed
+
+STAGE = "diffusion"
+"""Value of ``checkpoint["ldm_stage"]`` in checkpoints written by this module."""
+
+
+class LatentDiffusionModule(LatentDiffusion, pl.LightningModule):
+    """Trains a text-conditioned U-Net on the latents of a frozen autoencoder."""
+
+    def __init__(self, **configs: Any):
+        super().__init__(**configs)
+        self.save_hyperparameters(self.checkpoint_hparams)
+        self._validation_weights = contextlib.ExitStack()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch, train=True)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update."""
+        super().optimizer_step(*args, **kwargs)
+        if self.model_ema is not None:
+            self.model_ema.update(self.model.diffusion_model)
+
+    def on_validation_epoch_start(self) -> None:
+        self._validation_weights.enter_context(self.ema_scope())
+
+    def on_validation_epoch_end(self) -> None:
+        self._validation_weights.close()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # A fixed generator per batch makes validation losses comparable across steps and runs.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self.loss(batch, train=False, generator=generator)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.diffusion_config
+        groups = [{"params": list(self.model.diffusion_model.parameters()), "lr": cfg.learning_rate}]
+        if self.conditioner_config.trainable:
+            lr = self.conditioner_config.learning_rate or cfg.learning_rate
+            trainable = [p for p in self.cond_stage_model.parameters() if p.requires_grad]
+            groups.append({"params": trainable, "lr": lr})
+        trainer = self._trainer
+        allow_fused = fused_allowed(trainer, trainer.gradient_clip_val if trainer is not None else None)
+        optimizer = adamw(
+            groups, allow_fused=allow_fused, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+        schedule = partial(
+            lr_multiplier, warmup_steps=cfg.warmup_steps, schedule=cfg.lr_schedule, max_steps=cfg.max_steps
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ldm_stage"] = STAGE

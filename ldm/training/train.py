@@ -1,0 +1,376 @@
+"""``python -m ldm.train``: compose the config with Hydra and train stage 1 and/or stage 2.
+
+Stage 1 trains the autoencoder (unless ``autoencoder.ckpt_path`` points at a trained one);
+stage 2 trains the U-Net on the frozen autoencoder's latents. ``stage=autoencoder`` or
+``stage=diffusion`` runs only one of them. A run directory holds::
+
+    config.yaml                         the resolved config
+    autoencoder/checkpoints/last.ckpt   stage 1
+    autoencoder/images/                 reconstruction grids
+    checkpoints/last.ckpt               stage 2 (what scripts/txt2img.py takes)
+    images/                             sample grids
+    logs/                               metrics (CSV, or the W&B run)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from ldm.autoencoder.latent_stats import stored_scale_factor
+from ldm.checkpoint import autoencoder_weights, read_checkpoint
+from ldm.conditioning.text import check_pretrained_available, without_pretrained
+from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, architecture_fields
+from ldm.data.decode import model_inputs
+from ldm.data.latents import check_cache_autoencoder, check_cache_text_encoder
+from ldm.data.shards import shard_urls
+from ldm.diffusion.scaling import choose_scale_factor, scale_factor_of_latents
+from ldm.samplers import get_sampler
+from ldm.sd_checkpoint import PREFIXES, load_initial_weights, read_state_dict
+from ldm.training.autoencoder_module import AutoencoderModule
+from ldm.training.callbacks import CachedTextCheck, DataQualityCallback, SampleGridCallback
+from ldm.training.checkpoint_io import StreamingCheckpointIO
+from ldm.training.config_store import register_configs
+from ldm.training.datamodule import build_datamodule
+from ldm.training.diffusion_module import LatentDiffusionModule
+from ldm.training.precision import resolve_precision
+from ldm.training.throughput import check_window, throughput_callbacks
+
+log = logging.getLogger("ldm.train")
+
+STAGES = ("all", "autoencoder", "diffusion")
+LOGGERS = ("csv", "wandb")
+
+register_configs()
+
+
+def build_logger(cfg: LoggerConfig, run_dir: Path, stage: str) -> Logger:
+    """The metrics logger of one stage."""
+    if cfg.kind == "csv":
+        return CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
+    if cfg.kind == "wandb":
+        name = f"{cfg.name or run_dir.name}-{stage}"
+        return WandbLogger(project=cfg.project, name=name, save_dir=str(run_dir), offline=cfg.offline)
+    raise ValueError(f"unknown logger '{cfg.kind}'; available: {', '.join(LOGGERS)}")
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    """Where a stage writes checkpoints and images: the run dir itself for stage 2."""
+    return run_dir / "autoencoder" if stage == "autoencoder" else run_dir
+
+
+def build_trainer(
+    config: TrainConfig, run_dir: Path, stage: str, max_steps: int, callbacks: list
+) -> pl.Trainer:
+    """A Lightning Trainer for one stage."""
+    t = config.trainer
+    root_dir = stage_dir(run_dir, stage)
+    extra = [DataQualityCallback(config.data.max_skip_fraction), *throughput_callbacks(t.throughput_window)]
+    checkpointing = ModelCheckpoint(
+        dirpath=root_dir / "checkpoints",
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=0,
+        save_last=True,
+    )
+    return pl.Trainer(
+        default_root_dir=str(root_dir),
+        max_steps=max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        precision=resolve_precision(t.precision, t.accelerator),
+        logger=build_logger(config.logger, run_dir, stage),
+        callbacks=[checkpointing, *extra, *callbacks],
+        log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=t.val_check_interval or max_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        gradient_clip_val=None if stage == "autoencoder" else t.gradient_clip_val,  # stage 1 clips itself
+        enable_progress_bar=t.enable_progress_bar,
+        plugins=[StreamingCheckpointIO()],
+    )
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint that ``resume=`` continues: read once, for its stage and hyper-parameters."""
+
+    path: str
+    stage: str
+    hparams: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str) -> ResumePoint:
+        checkpoint = read_checkpoint(path)
+        return cls(str(path), checkpoint["ldm_stage"], checkpoint["hyper_parameters"])
+
+
+def train_autoencoder(
+    config: TrainConfig,
+    datamodule: pl.LightningDataModule,
+    run_dir: Path,
+    resume: Optional[ResumePoint] = None,
+) -> Path:
+    """Stage 1: fit the autoencoder (continuing the checkpoint `resume`); returns its checkpoint."""
+    root = stage_dir(run_dir, "autoencoder")
+    log.info("stage 1: training the autoencoder for %d steps in %s", config.autoencoder.max_steps, root)
+    ae_config = config.autoencoder
+    if resume is not None:
+        ae_config = autoencoder_config(config, resume.hparams["autoencoder"], resume.path)
+    module = AutoencoderModule(ae_config, gradient_clip_val=config.trainer.gradient_clip_val)
+    datamodule.batch_size = config.autoencoder.batch_size or config.data.batch_size
+    trainer = build_trainer(config, run_dir, "autoencoder", config.autoencoder.max_steps, [])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
+    path = root / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
+    log.info("stage 1 done: %s (validation: %s)", path, _metrics(trainer))
+    return path
+
+
+def _metrics(trainer: pl.Trainer) -> str:
+    values = [f"{k}={v.item():.4g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")]
+    return ", ".join(values) or "none run"
+
+
+def load_pretrained_autoencoder(config: TrainConfig, path: str | Path) -> tuple[AutoencoderConfig, dict]:
+    """The architecture (from the checkpoint, overriding the config's) and weights of a trained autoencoder."""
+    hparams, state = autoencoder_weights(read_checkpoint(path))
+    return autoencoder_config(config, hparams, path), state
+
+
+def autoencoder_config(config: TrainConfig, hparams: dict[str, Any], source: str | Path) -> AutoencoderConfig:
+    """The config's autoencoder with the architecture of a checkpoint's hparams (training fields kept)."""
+    arch = architecture_fields(AutoencoderConfig)
+    ae_config = AutoencoderConfig(**{**asdict(config.autoencoder), **{k: hparams[k] for k in arch}})
+    differing = sorted(k for k in arch if getattr(config.autoencoder, k) != hparams[k])
+    if differing:
+        log.info(
+            "autoencoder architecture taken from %s (differs from the config in: %s)",
+            source,
+            ", ".join(differing),
+        )
+    return ae_config
+
+
+def init_from_parts(path: str | Path) -> set[str]:
+    """Which networks (denoiser, autoencoder, conditioner) initial weights hold, read from the keys alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"diffusion.init_from not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    else:
+        keys = list(read_state_dict(path))
+    return {name for name, prefix in PREFIXES.items() if any(k.startswith(prefix) for k in keys)}
+
+
+def check_cached_latents(config: TrainConfig) -> None:
+    """Cached latents train stage 2 only, with the autoencoder that cached them; cached text
+    embeddings need cached latents and a frozen text encoder (its weights are checked at the fit's
+    start, once they are final)."""
+    if config.data.cached_text and not config.data.cached_latents:
+        raise ValueError(
+            "data.cached_text=true reads text embeddings from latent shards: set data.cached_latents=true"
+        )
+    if config.data.cached_text and config.conditioner.trainable:
+        raise ValueError(
+            "data.cached_text=true skips the text encoder, which conditioner.trainable=true would train: "
+            "set one of them to false"
+        )
+    if not config.data.cached_latents:
+        return
+    if config.stage != "diffusion":
+        raise ValueError(
+            f"data.cached_latents=true trains the diffusion stage only (stage 1 needs images): set "
+            f"stage=diffusion (got stage={config.stage})"
+        )
+    if not config.autoencoder.ckpt_path:
+        raise ValueError(
+            "data.cached_latents=true needs autoencoder.ckpt_path=<the checkpoint the latents were cached with>"
+        )
+    check_cache_autoencoder(shard_urls(config.data)[0], config.autoencoder.ckpt_path)
+
+
+def train_diffusion(
+    config: TrainConfig,
+    datamodule: pl.LightningDataModule,
+    run_dir: Path,
+    autoencoder_ckpt: Optional[Path | str],
+    resume: Optional[ResumePoint] = None,
+) -> Path:
+    """Stage 2: fit the U-Net on latents of the frozen autoencoder; returns the checkpoint.
+
+    The autoencoder comes from `autoencoder_ckpt`, or else from diffusion.init_from (SD weights);
+    with `resume`, everything comes from that stage-2 checkpoint, which the fit continues.
+    """
+    if resume is not None:
+        module = LatentDiffusionModule.from_hparams(
+            resume.hparams, diffusion=config.diffusion, sampler=config.sampler
+        )
+        datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
+        return fit_diffusion(config, module, datamodule, run_dir, resume.path)
+    if autoencoder_ckpt:
+        ae_config, ae_state = load_pretrained_autoencoder(config, autoencoder_ckpt)
+    else:
+        ae_config, ae_state = config.autoencoder, None
+    module = LatentDiffusionModule(
+        autoencoder=ae_config,
+        denoiser=config.denoiser,
+        conditioner=config.conditioner,
+        diffusion=config.diffusion,
+        sampler=config.sampler,
+        image_size=config.data.resolution,
+    )
+    if ae_state is not None:
+        module.first_stage_model.load_state_dict(ae_state, strict=True)
+    file_scale = None
+    if config.diffusion.init_from:
+        state = read_state_dict(config.diffusion.init_from)
+        loaded = load_initial_weights(module, state, autoencoder=ae_state is None)
+        if "scale_factor" in state and "autoencoder" in loaded:
+            file_scale = float(state["scale_factor"])
+        del state
+        log.info("initial weights from %s: %s", config.diffusion.init_from, ", ".join(loaded))
+    if config.data.cached_text:  # the text encoder's weights are final (a resumed fit checks at its start)
+        check_cache_text_encoder(shard_urls(config.data)[0], module.cond_stage_model)
+    datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
+
+    def estimate() -> float:
+        datamodule.setup("fit")
+        # Unscaled posterior samples, from the images or from cached moments.
+        loader = datamodule.train_dataloader()
+        latents = (module.posterior_of(model_inputs(batch)).sample() for batch in loader)
+        return scale_factor_of_latents(latents, config.diffusion.scale_batches)
+
+    scale, source = choose_scale_factor(
+        [
+            ("diffusion.scale_factor", config.diffusion.scale_factor),
+            (f"{config.diffusion.init_from}", file_scale),
+            (f"the latent statistics of {autoencoder_ckpt}", lambda: stored_scale_factor(autoencoder_ckpt)),
+            (f"1/std of {config.diffusion.scale_batches} batches of latents", estimate),
+        ]
+    )
+    module.scale_factor.fill_(scale)
+    log.info("latent scale factor %.5f from %s", scale, source)
+    return fit_diffusion(config, module, datamodule, run_dir)
+
+
+def fit_diffusion(
+    config: TrainConfig,
+    module: LatentDiffusionModule,
+    datamodule: pl.LightningDataModule,
+    run_dir: Path,
+    resume: Optional[str] = None,
+) -> Path:
+    """Run stage 2's Trainer on a built module; returns the checkpoint."""
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info(
+        "stage 2: training the U-Net (%.2fM parameters) for %d steps",
+        n_params / 1e6,
+        config.diffusion.max_steps,
+    )
+    grids = SampleGridCallback(
+        config.trainer.sample_prompts, every_n_steps=config.trainer.sample_every_n_steps
+    )
+    callbacks: list[pl.Callback] = [grids]
+    if config.data.cached_text and resume is not None:
+        callbacks.append(CachedTextCheck(shard_urls(config.data)[0]))
+    trainer = build_trainer(config, run_dir, "diffusion", config.diffusion.max_steps, callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    path = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
+    log.info("stage 2 done: %s (validation: %s)", path, _metrics(trainer))
+    return path
+
+
+def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
+    """Train what `config.stage` asks for in `run_dir`; returns the checkpoints written."""
+    if config.stage not in STAGES:
+        raise ValueError(f"unknown stage '{config.stage}'; available: {', '.join(STAGES)}")
+    resume = ResumePoint.read(config.resume) if config.resume else None
+    resume_stage = resume.stage if resume else None
+    if resume_stage == "autoencoder" and config.stage == "diffusion":
+        raise ValueError(f"resume={config.resume} is a stage-1 checkpoint, but stage=diffusion")
+    if resume_stage == "diffusion" and config.stage == "autoencoder":
+        raise ValueError(f"resume={config.resume} is a stage-2 checkpoint, but stage=autoencoder")
+    init_parts = init_from_parts(config.diffusion.init_from) if config.diffusion.init_from else set()
+    init_autoencoder = "autoencoder" in init_parts
+    if "conditioner" in init_parts and config.conditioner.pretrained is not None:
+        log.info("text encoder weights from %s, not conditioner.pretrained", config.diffusion.init_from)
+        config = replace(config, conditioner=without_pretrained(config.conditioner))
+    if config.stage == "diffusion" and not (config.autoencoder.ckpt_path or init_autoencoder or resume_stage):
+        raise ValueError(
+            "stage=diffusion needs a trained autoencoder: set autoencoder.ckpt_path=<stage-1 checkpoint>"
+        )
+    # Fail now on what would otherwise fail only at the end of a long stage.
+    get_sampler(config.sampler.name)
+    check_window(config.trainer.throughput_window)
+    if config.logger.kind not in LOGGERS:
+        raise ValueError(f"unknown logger '{config.logger.kind}'; available: {', '.join(LOGGERS)}")
+    if config.autoencoder.ckpt_path:
+        read_checkpoint(config.autoencoder.ckpt_path)
+    check_cached_latents(config)
+    if config.stage in ("all", "diffusion"):
+        check_pretrained_available(config.conditioner)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    pl.seed_everything(config.seed, workers=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = build_datamodule(config.data)
+    written: dict[str, Optional[Path]] = {"autoencoder": None, "diffusion": None}
+    autoencoder_ckpt = config.autoencoder.ckpt_path
+    skip_stage1 = bool(autoencoder_ckpt) or (config.stage == "all" and init_autoencoder)
+    skip_stage1 = (skip_stage1 and resume_stage != "autoencoder") or resume_stage == "diffusion"
+    if config.stage in ("all", "autoencoder") and not skip_stage1:
+        stage1_resume = resume if resume_stage == "autoencoder" else None
+        autoencoder_ckpt = written["autoencoder"] = train_autoencoder(
+            config, datamodule, run_dir, stage1_resume
+        )
+    elif config.stage == "all":
+        source = (
+            config.resume if resume_stage == "diffusion" else autoencoder_ckpt or config.diffusion.init_from
+        )
+        log.info("stage 1 skipped: using the trained autoencoder %s", source)
+    if config.stage in ("all", "diffusion"):
+        stage2_resume = resume if resume_stage == "diffusion" else None
+        written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt, stage2_resume)
+        log.info(
+            'sample with: python scripts/txt2img.py --ckpt %s --prompt "..." --outdir out/',
+            written["diffusion"],
+        )
+    return written
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    config: TrainConfig = OmegaConf.to_object(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        run(config, run_dir)
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("error: %s (set HYDRA_FULL_ERROR=1 for the traceback)", e)
+        log.debug("traceback", exc_info=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
