@@ -318,8 +318,8 @@ class TrainerConfig:
     """Devices per node."""
     num_nodes: int = 1
     """Nodes."""
-    precision: str = "32-true"
-    """Lightning precision string (bf16-mixed on GPU)."""
+    precision: str = "auto"
+    """Lightning precision string; auto: bf16-mixed where CUDA supports bf16, else 32-true."""
     log_every_n_steps: int = 25
     """Logging interval in steps."""
     val_check_interval: Optional[int] = None
