@@ -37,7 +37,6 @@ from ldm.data.decode import model_inputs
 from ldm.data.latents import check_cache_autoencoder, check_cache_text_encoder
 from ldm.data.shards import shard_urls
 from ldm.diffusion.scaling import choose_scale_factor, scale_factor_of_latents
-from ldm.samplers import get_sampler
 from ldm.sd_checkpoint import PREFIXES, load_initial_weights, read_state_dict
 from ldm.training.autoencoder_module import AutoencoderModule
 from ldm.training.callbacks import CachedTextCheck, DataQualityCallback, SampleGridCallback
@@ -46,12 +45,11 @@ from ldm.training.config_store import register_configs
 from ldm.training.datamodule import build_datamodule
 from ldm.training.diffusion_module import LatentDiffusionModule
 from ldm.training.precision import resolve_precision
-from ldm.training.throughput import check_window, throughput_callbacks
+from ldm.training.throughput import throughput_callbacks
+from ldm.training.validate import LOGGERS, check_config
 
 log = logging.getLogger("ldm.train")
 
-STAGES = ("all", "autoencoder", "diffusion")
-LOGGERS = ("csv", "wandb")
 
 register_configs()
 
@@ -301,8 +299,7 @@ def fit_diffusion(
 
 def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     """Train what `config.stage` asks for in `run_dir`; returns the checkpoints written."""
-    if config.stage not in STAGES:
-        raise ValueError(f"unknown stage '{config.stage}'; available: {', '.join(STAGES)}")
+    check_config(config)  # before anything is read, built, generated or downloaded
     resume = ResumePoint.read(config.resume) if config.resume else None
     resume_stage = resume.stage if resume else None
     if resume_stage == "autoencoder" and config.stage == "diffusion":
@@ -318,13 +315,12 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         raise ValueError(
             "stage=diffusion needs a trained autoencoder: set autoencoder.ckpt_path=<stage-1 checkpoint>"
         )
-    # Fail now on what would otherwise fail only at the end of a long stage.
-    get_sampler(config.sampler.name)
-    check_window(config.trainer.throughput_window)
-    if config.logger.kind not in LOGGERS:
-        raise ValueError(f"unknown logger '{config.logger.kind}'; available: {', '.join(LOGGERS)}")
-    if config.autoencoder.ckpt_path:
-        read_checkpoint(config.autoencoder.ckpt_path)
+    # The autoencoder that stage 2 will use, when a checkpoint brings its own architecture.
+    if resume is not None and "autoencoder" in resume.hparams:
+        check_config(config, AutoencoderConfig(**resume.hparams["autoencoder"]))
+    elif config.autoencoder.ckpt_path:
+        hparams, _ = autoencoder_weights(read_checkpoint(config.autoencoder.ckpt_path))
+        check_config(config, AutoencoderConfig(**hparams))
     check_cached_latents(config)
     if config.stage in ("all", "diffusion"):
         check_pretrained_available(config.conditioner)
