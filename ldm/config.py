@@ -331,7 +331,13 @@ class TrainerConfig:
     sample_prompts: list[str] = field(default_factory=lambda: ["a photograph of an astronaut riding a horse"])
     """Prompts of the training sample grids (one row each)."""
     checkpoint_every_n_steps: int = 1000
-    """Write <stage dir>/checkpoints/last.ckpt every N steps (and always at the end)."""
+    """Write <stage dir>/checkpoints/step-NNNNNNNN.ckpt (and link last.ckpt to it) every N steps; always at the end."""
+    checkpoint_every_n_minutes: Optional[float] = None
+    """Also write one every T minutes of training (null: by steps only); and always on SIGTERM/SIGUSR1."""
+    keep_last: int = 1
+    """How many step-NNNNNNNN.ckpt files to keep (the newest; last.ckpt links the newest)."""
+    max_bad_steps: int = 10
+    """Stop the run after this many optimizer steps in a row skipped for non-finite gradients."""
     enable_progress_bar: bool = True
     """Show Lightning's progress bar."""
     throughput_window: int = 50
@@ -362,8 +368,9 @@ class TrainConfig:
     stage: str = "all"
     """all (autoencoder then diffusion), autoencoder, or diffusion."""
     resume: Optional[str] = None
-    """A stage-1 or stage-2 Lightning checkpoint of an earlier run to continue: weights, optimizer,
-    step, EMA, and the data stream where it stopped. Architecture comes from the checkpoint."""
+    """A stage-1 or stage-2 checkpoint of an earlier run to continue: weights, optimizers, step, EMA,
+    and the data stream where it stopped (architecture from the checkpoint); or auto: the newest
+    checkpoint of this run directory, or a fresh start when it has none."""
     seed: int = 0
     """Global seed."""
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)

@@ -30,6 +30,7 @@ from ldm.autoencoder.perceptual import load_lpips
 from ldm.config import AutoencoderConfig
 from ldm.data.decode import model_inputs
 from ldm.optim import adam
+from ldm.training.nonfinite import skip_if_nonfinite
 from ldm.training.precision import fused_allowed
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class AutoencoderModule(pl.LightningModule):
         step = self.global_step
         reconstructions, posterior = self.autoencoder(x, sample_posterior=True)
         loss, log = self.loss.generator_loss(x, reconstructions, posterior, self.autoencoder.last_layer, step)
+        self.loss_terms = {f"train/{k}": v for k, v in log.items()}  # named in NonFiniteGuard's warning
         opt_ae.zero_grad()
         self.manual_backward(loss)
         self._clip(opt_ae)
@@ -111,8 +113,11 @@ class AutoencoderModule(pl.LightningModule):
             opt_disc.zero_grad()
             self.manual_backward(d_loss)
             self._clip(opt_disc)
-            # The raw optimizer: a LightningOptimizer step would count towards global_step.
-            opt_disc.optimizer.step()
+            # The raw optimizer: a LightningOptimizer step would count towards global_step. It
+            # bypasses the hooks, so the non-finite check that NonFiniteGuard makes is made here.
+            disc_parameters = list(self.loss.discriminator.parameters())
+            if self._trainer is None or not skip_if_nonfinite(self.trainer, disc_parameters):
+                opt_disc.optimizer.step()
             log.update(d_log)
         batch_size = x.shape[0]
         self.log("train/loss", log["loss"], prog_bar=True, batch_size=batch_size)

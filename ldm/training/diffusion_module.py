@@ -31,16 +31,20 @@ class LatentDiffusionModule(LatentDiffusion, pl.LightningModule):
         super().__init__(**configs)
         self.save_hyperparameters(self.checkpoint_hparams)
         self._validation_weights = contextlib.ExitStack()
+        self.step_skipped = False  # set by NonFiniteGuard: no EMA update after a skipped step
+        self.loss_terms: dict[str, torch.Tensor] = {}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch, train=True)
+        self.loss_terms = {"train/loss": loss.detach()}
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimizer step, then the EMA update."""
+        """The optimizer step, then the EMA update (not after a step skipped for non-finite gradients)."""
+        self.step_skipped = False
         super().optimizer_step(*args, **kwargs)
-        if self.model_ema is not None:
+        if self.model_ema is not None and not self.step_skipped:
             self.model_ema.update(self.model.diffusion_model)
 
     def on_validation_epoch_start(self) -> None:

@@ -26,7 +26,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from ldm.autoencoder.latent_stats import stored_scale_factor
@@ -44,7 +43,11 @@ from ldm.training.checkpoint_io import StreamingCheckpointIO
 from ldm.training.config_store import register_configs
 from ldm.training.datamodule import build_datamodule
 from ldm.training.diffusion_module import LatentDiffusionModule
+from ldm.training.nonfinite import NonFiniteGuard
 from ldm.training.precision import resolve_precision
+from ldm.training.preemption import PREEMPTED_EXIT_CODE, STOP, Preempted
+from ldm.training.run_checkpoints import RunCheckpoints, newest_checkpoint
+from ldm.training.step_seed import StepSeed
 from ldm.training.throughput import throughput_callbacks
 from ldm.training.validate import LOGGERS, check_config
 
@@ -75,12 +78,15 @@ def build_trainer(
     """A Lightning Trainer for one stage."""
     t = config.trainer
     root_dir = stage_dir(run_dir, stage)
-    extra = [DataQualityCallback(config.data.max_skip_fraction), *throughput_callbacks(t.throughput_window)]
-    checkpointing = ModelCheckpoint(
-        dirpath=root_dir / "checkpoints",
-        every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=0,
-        save_last=True,
+    checkpoints = root_dir / "checkpoints"
+    extra = [
+        StepSeed(config.seed),
+        NonFiniteGuard(t.max_bad_steps, checkpoints),
+        DataQualityCallback(config.data.max_skip_fraction),
+        *throughput_callbacks(t.throughput_window),
+    ]
+    checkpointing = RunCheckpoints(
+        checkpoints, t.checkpoint_every_n_steps, t.checkpoint_every_n_minutes, keep_last=t.keep_last
     )
     return pl.Trainer(
         default_root_dir=str(root_dir),
@@ -98,6 +104,7 @@ def build_trainer(
         num_sanity_val_steps=0,
         gradient_clip_val=None if stage == "autoencoder" else t.gradient_clip_val,  # stage 1 clips itself
         enable_progress_bar=t.enable_progress_bar,
+        enable_checkpointing=False,  # RunCheckpoints writes them
         plugins=[StreamingCheckpointIO()],
     )
 
@@ -300,6 +307,11 @@ def fit_diffusion(
 def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     """Train what `config.stage` asks for in `run_dir`; returns the checkpoints written."""
     check_config(config)  # before anything is read, built, generated or downloaded
+    STOP.install()  # SIGTERM/SIGUSR1 from here on: a checkpoint at the next step boundary, then exit
+    if config.resume == "auto":
+        found = newest_checkpoint(run_dir)
+        log.info("resume=auto: %s", f"continuing from {found}" if found else "no checkpoint yet, starting")
+        config = replace(config, resume=str(found) if found else None)
     resume = ResumePoint.read(config.resume) if config.resume else None
     resume_stage = resume.stage if resume else None
     if resume_stage == "autoencoder" and config.stage == "diffusion":
@@ -360,6 +372,9 @@ def main(cfg: DictConfig) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         run(config, run_dir)
+    except Preempted as e:
+        log.warning("%s", e)
+        sys.exit(PREEMPTED_EXIT_CODE)
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

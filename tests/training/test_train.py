@@ -92,10 +92,10 @@ def test_diffusion_stage_alone_from_a_trained_autoencoder(debug_run, tmp_path):
     [
         (["autoencoder.chanels=3"], "Could not override 'autoencoder.chanels'"),
         (["denoiser=unet_xatn"], "Could not find 'denoiser/unet_xatn'"),
-        (["stage=everything"], "unknown stage 'everything'"),
+        (["stage=everything"], "stage must be one of all, autoencoder, diffusion (got 'everything')"),
         (["stage=diffusion"], "needs a trained autoencoder"),
         (["autoencoder.ckpt_path=/no/such.ckpt"], "checkpoint not found: /no/such.ckpt"),
-        (["sampler.name=ddmi"], "unknown sampler 'ddmi'"),
+        (["sampler.name=ddmi"], "sampler.name must be one of ddpm, ddim"),
     ],
 )
 def test_bad_training_input_gives_one_clear_line(args, message, tmp_path):
