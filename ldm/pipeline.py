@@ -68,7 +68,7 @@ class Text2Image:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> Text2Image:
         """From a stage-2 checkpoint, on `device` (default: CUDA when available, else CPU)."""
-        from ldm.checkpoint import load_latent_diffusion
+        from ldm.weights.checkpoint import load_latent_diffusion
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         module = load_latent_diffusion(path).to(device)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from ldm.checkpoint import CheckpointError
 from ldm.eval.evaluate import evaluate_shapes
 from ldm.eval.shapes import SHAPE_PROMPTS
 from ldm.pipeline import Text2Image
 from ldm.samplers.presets import sampler_preset, sampler_presets
+from ldm.weights.checkpoint import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,7 +34,6 @@ import torch
 from tqdm import tqdm
 
 from ldm.autoencoder.model import KLAutoencoder
-from ldm.checkpoint import autoencoder_weights, read_checkpoint
 from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
 from ldm.config import AutoencoderConfig, DataConfig, TrainConfig
 from ldm.data.latents import (
@@ -46,8 +45,10 @@ from ldm.data.latents import (
 )
 from ldm.data.shards import shard_urls
 from ldm.data.urls import expand_urls
-from ldm.sd_checkpoint import load_part, read_state_dict, split_sd_state_dict
 from ldm.training.config_store import compose_config
+from ldm.weights.checkpoint import autoencoder_weights, read_checkpoint
+from ldm.weights.io import read_tensors
+from ldm.weights.sd import load_part, split_sd_state_dict
 
 log = logging.getLogger("cache_latents")
 
@@ -79,7 +80,7 @@ def training_text_encoder(config: TrainConfig) -> OpenCLIPTextEncoder:
         )
     conditioner, state = config.conditioner, None
     if config.diffusion.init_from:
-        state = split_sd_state_dict(read_state_dict(config.diffusion.init_from))["conditioner"] or None
+        state = split_sd_state_dict(read_tensors(config.diffusion.init_from))["conditioner"] or None
         if state is not None:
             conditioner = without_pretrained(conditioner)
     encoder = OpenCLIPTextEncoder(conditioner)

@@ -19,14 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ldm.checkpoint import CheckpointError, read_checkpoint
-from ldm.sd_checkpoint import (
-    ldm_checkpoint_from_sd,
-    read_state_dict,
-    save_state_dict,
-    sd_architectures,
-    sd_state_dict_from_ldm,
-)
+from ldm.weights.checkpoint import CheckpointError, read_checkpoint
+from ldm.weights.io import read_tensors, write_tensors, write_torch_file
+from ldm.weights.sd import ldm_checkpoint_from_sd, sd_architectures, sd_state_dict_from_ldm
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -67,14 +62,13 @@ def convert(args: argparse.Namespace) -> Path:
         if args.dtype:
             dtype = DTYPES[args.dtype]
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        save_state_dict(state, out)
+        write_tensors(state, out)
         log.info("wrote %d tensors in SD's layout to %s", len(state), out)
         return out
     if out.suffix == ".safetensors":
         raise ValueError("an ldm checkpoint is a torch file with its config: give --out NAME.ckpt")
-    checkpoint = ldm_checkpoint_from_sd(read_state_dict(args.sd), args.arch, scale_factor=args.scale_factor)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, out)
+    checkpoint = ldm_checkpoint_from_sd(read_tensors(args.sd), args.arch, scale_factor=args.scale_factor)
+    write_torch_file(checkpoint, out)
     log.info("wrote the ldm checkpoint %s (sample with: python scripts/txt2img.py --ckpt %s)", out, out)
     return out
 

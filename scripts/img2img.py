@@ -22,9 +22,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
-from ldm.checkpoint import CheckpointError
 from ldm.pipeline import Text2Image, img2img_steps
 from ldm.samplers.presets import sampler_preset
+from ldm.weights.checkpoint import CheckpointError
 
 # scripts/ is on sys.path when a script runs: share txt2img's flags, prompt reading and image writing.
 from txt2img import add_sampling_args, check_counts, read_prompts, write_samples  # isort: skip

@@ -20,9 +20,9 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from ldm.checkpoint import CheckpointError
 from ldm.pipeline import Text2Image
 from ldm.samplers.presets import sampler_preset
+from ldm.weights.checkpoint import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

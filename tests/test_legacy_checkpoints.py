@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ldm.checkpoint import load_autoencoder
 from ldm.pipeline import Text2Image
 from ldm.samplers.presets import sampler_preset
+from ldm.weights.checkpoint import load_autoencoder
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 PROMPTS, SEEDS = ["a red circle", "a blue square"], [0, 1]

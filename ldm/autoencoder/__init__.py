@@ -6,7 +6,7 @@ from ldm.autoencoder.latent_stats import compute_latent_stats, stored_scale_fact
 from ldm.autoencoder.losses import AutoencoderLoss, ReconstructionKLLoss
 from ldm.autoencoder.model import Decoder, Encoder, KLAutoencoder
 from ldm.autoencoder.perceptual import LPIPS, load_lpips
-from ldm.autoencoder.sd_vae import load_sd_vae, save_sd_vae
+from ldm.weights.sd import load_sd_vae, save_sd_vae
 
 __all__ = [
     "LPIPS",

@@ -63,7 +63,7 @@ def stored_scale_factor(path: str | Path | None) -> Optional[float]:
     """The scale factor stored with the stage-1 checkpoint at `path` (None: no path, or none stored)."""
     if not path:
         return None
-    from ldm.checkpoint import read_checkpoint
+    from ldm.weights.checkpoint import read_checkpoint
 
     stats = stored_latent_stats(read_checkpoint(path))
     return float(stats["scale_factor"]) if stats is not None else None

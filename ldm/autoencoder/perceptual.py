@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from ldm.weights.io import load_checked, read_tensors
+
 logger = logging.getLogger(__name__)
 
 LPIPS_CHANNELS = (64, 128, 256, 512, 512)
@@ -115,13 +117,9 @@ class LPIPS(nn.Module):
         """Load torchvision-layout VGG-16 features (``features.N.*``) and LPIPS heads (``linK.model.1.weight``)."""
         features = {k[len("features.") :]: v for k, v in vgg_state.items() if k.startswith("features.")}
         features = {k: v for k, v in features.items() if int(k.split(".")[0]) < LPIPS_SLICE_ENDS[-1]}
-        missing, unexpected = self.features.load_state_dict(features, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"VGG-16 features do not fit: missing {missing}, unexpected {unexpected}")
+        load_checked(self.features, features, "VGG-16 features do not fit")
         heads = {k[len("lin") :]: v for k, v in lin_state.items() if k.startswith("lin")}
-        missing, unexpected = self.lins.load_state_dict(heads, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"LPIPS heads do not fit: missing {missing}, unexpected {unexpected}")
+        load_checked(self.lins, heads, "LPIPS heads do not fit")
         for index, lin in enumerate(self.lins):
             if (lin.model[1].weight < 0).any():
                 raise ValueError(f"LPIPS head lin{index} has negative weights; LPIPS heads are non-negative")
@@ -138,19 +136,6 @@ class LPIPS(nn.Module):
     def train(self, mode: bool = True) -> LPIPS:
         """Always in eval mode (no dropout): the distance is fixed."""
         return super().train(False)
-
-
-def _read_tensors(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no state dict")
-    return state
 
 
 def _hub_vgg16() -> Optional[Path]:
@@ -173,7 +158,7 @@ def load_lpips(perceptual_weights: Optional[str], vgg_weights: Optional[str] = N
             "no LPIPS weights configured (autoencoder.perceptual_weights): training without the perceptual term"
         )
         return None
-    lin_state = _read_tensors(Path(perceptual_weights))
+    lin_state = read_tensors(perceptual_weights)
     vgg_state = lin_state
     if not any(k.startswith("features.") for k in lin_state):
         vgg_path = Path(vgg_weights) if vgg_weights is not None else _hub_vgg16()
@@ -184,7 +169,7 @@ def load_lpips(perceptual_weights: Optional[str], vgg_weights: Optional[str] = N
                 perceptual_weights,
             )
             return None
-        vgg_state = _read_tensors(vgg_path)
+        vgg_state = read_tensors(vgg_path)
     with torch.device("meta"):  # skip initialising weights that are all loaded next
         lpips = LPIPS()
     lpips = lpips.to_empty(device="cpu")

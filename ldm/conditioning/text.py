@@ -23,6 +23,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
 from ldm.config import ConditionerConfig
+from ldm.weights.io import load_checked, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +129,6 @@ def without_pretrained(cfg: ConditionerConfig) -> ConditionerConfig:
     return dataclasses.replace(cfg, arch=arch, pretrained=None)
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file, or from a torch file with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def _custom_clip(cfg: ConditionerConfig) -> nn.Module:
     text_cfg = CLIPTextCfg(
         context_length=cfg.context_length, width=cfg.width, heads=cfg.heads, layers=cfg.layers
@@ -191,15 +179,10 @@ def _build_clip(cfg: ConditionerConfig) -> nn.Module:
                 except Exception as e:  # open_clip raises several kinds for a missing download
                     raise PretrainedWeightsNotFound(_not_found_message(cfg.arch, tag, e)) from e
     if is_file:
-        state = load_state_dict_file(pretrained)
+        state = read_tensors(pretrained)
         text_state = {k: v for k, v in state.items() if not k.startswith("visual.")}
         del model.visual
-        missing, unexpected = model.load_state_dict(text_state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{pretrained} does not fit open_clip '{cfg.arch}': missing keys {missing[:5]}, "
-                f"unexpected keys {unexpected[:5]}"
-            )
+        load_checked(model, text_state, f"{pretrained} does not fit open_clip '{cfg.arch}'")
         log.info("loaded text encoder weights from %s", pretrained)
         return model
     if hasattr(model, "visual"):

@@ -67,7 +67,7 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 def checkpoint_fingerprint(path: str | Path) -> str:
     """The fingerprint of the autoencoder in a stage-1 (or stage-2) checkpoint."""
-    from ldm.checkpoint import autoencoder_weights, read_checkpoint
+    from ldm.weights.checkpoint import autoencoder_weights, read_checkpoint
 
     return weights_fingerprint(autoencoder_weights(read_checkpoint(path))[1])
 

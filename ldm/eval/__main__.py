@@ -15,10 +15,10 @@ from pathlib import Path
 
 from torchvision.utils import save_image
 
-from ldm.checkpoint import CheckpointError
 from ldm.eval.evaluate import evaluate_shapes
 from ldm.pipeline import Text2Image
 from ldm.samplers.presets import sampler_preset
+from ldm.weights.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -3,27 +3,25 @@
 Lightning's ``TorchCheckpointIO`` serialises a checkpoint into an in-memory buffer before writing
 it, so saving takes the checkpoint's size again in host memory: some 15 GB for the U-Net, AdamW
 state, EMA and frozen encoders of SD 2 training (on a 24 GB machine, a CPU run of SD 2's networks
-was killed at its first save). Here local paths are written by ``torch.save`` straight into a temporary file
-beside the target, which is then renamed over it: the same guarantee (no half-written file under
-the checkpoint's name, an earlier checkpoint kept when a save fails) without the copies. Other
-paths (``s3://``, ...) go through Lightning's writer. Loading (``resume=``) reads with
+was killed at its first save). Here local paths are written by ``torch.save`` straight into a
+temporary file beside the target, which is then renamed over it (``ldm.weights.io.write_torch_file``):
+the same guarantee (no half-written file under the checkpoint's name, an earlier checkpoint kept when
+a save fails) without the copies. Other paths (``s3://``, ...) go through Lightning's writer. Loading (``resume=``) reads with
 ``torch.load(weights_only=True)`` unless Lightning is told otherwise: this project's checkpoints
 hold only tensors and plain Python types.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from ldm.weights.io import write_torch_file
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
@@ -49,16 +47,4 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}"
             )
-        target = Path(local_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(temporary, "xb") as f:  # a new file, with the usual permissions
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        write_torch_file(checkpoint, local_path)

@@ -29,14 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from ldm.autoencoder.latent_stats import stored_scale_factor
-from ldm.checkpoint import autoencoder_weights, read_checkpoint
 from ldm.conditioning.text import check_pretrained_available, without_pretrained
 from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, architecture_fields
 from ldm.data.decode import model_inputs
 from ldm.data.latents import check_cache_autoencoder, check_cache_text_encoder
 from ldm.data.shards import shard_urls
 from ldm.diffusion.scaling import choose_scale_factor, scale_factor_of_latents
-from ldm.sd_checkpoint import PREFIXES, load_initial_weights, read_state_dict
 from ldm.training.autoencoder_module import AutoencoderModule
 from ldm.training.callbacks import CachedTextCheck, DataQualityCallback, SampleGridCallback
 from ldm.training.checkpoint_io import StreamingCheckpointIO
@@ -50,6 +48,9 @@ from ldm.training.run_checkpoints import RunCheckpoints, newest_checkpoint
 from ldm.training.step_seed import StepSeed
 from ldm.training.throughput import throughput_callbacks
 from ldm.training.validate import LOGGERS, check_config
+from ldm.weights.checkpoint import autoencoder_weights, read_checkpoint
+from ldm.weights.io import read_tensor_names, read_tensors
+from ldm.weights.sd import PREFIXES, load_initial_weights
 
 log = logging.getLogger("ldm.train")
 
@@ -175,13 +176,7 @@ def init_from_parts(path: str | Path) -> set[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"diffusion.init_from not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-    else:
-        keys = list(read_state_dict(path))
+    keys = read_tensor_names(path)
     return {name for name, prefix in PREFIXES.items() if any(k.startswith(prefix) for k in keys)}
 
 
@@ -246,7 +241,7 @@ def train_diffusion(
         module.first_stage_model.load_state_dict(ae_state, strict=True)
     file_scale = None
     if config.diffusion.init_from:
-        state = read_state_dict(config.diffusion.init_from)
+        state = read_tensors(config.diffusion.init_from)
         loaded = load_initial_weights(module, state, autoencoder=ae_state is None)
         if "scale_factor" in state and "autoencoder" in loaded:
             file_scale = float(state["scale_factor"])

@@ -9,11 +9,11 @@ import shlex
 import pytest
 import torch
 
-from ldm.checkpoint import read_checkpoint
 from ldm.conditioning.text import OpenCLIPTextEncoder
 from ldm.data.latents import LatentDecoder, checkpoint_fingerprint, weights_fingerprint
 from ldm.data.stream import ShardStream
 from ldm.training.config_store import compose_config
+from ldm.weights.checkpoint import read_checkpoint
 from tests.conftest import run_cli, save_tiny_autoencoder, tiny_module_configs
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ldm.checkpoint import read_checkpoint
+from ldm.weights.checkpoint import read_checkpoint
 from tests.conftest import run_cli, train_on_debug_data
 
 pytestmark = pytest.mark.slow

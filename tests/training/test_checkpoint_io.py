@@ -1,4 +1,4 @@
-"""ldm/checkpoint_io.py: checkpoints stream to disk, replace the target whole, and fail cleanly."""
+"""ldm/training/checkpoint_io.py: checkpoints stream to disk, replace the target whole, and fail cleanly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-import ldm.training.checkpoint_io
 from ldm.training.checkpoint_io import StreamingCheckpointIO
 
 MB = 1 << 20
@@ -67,7 +66,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ldm.training.checkpoint_io.torch, "save", fail_midway)
+    monkeypatch.setattr(torch, "save", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         StreamingCheckpointIO().save_checkpoint(checkpoint_of(1, seed=2), path)
     assert path.read_bytes() == before

@@ -7,12 +7,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ldm.checkpoint import load_latent_diffusion
 from ldm.config import DiffusionConfig
 from ldm.denoiser.attention import BasicTransformerBlock
 from ldm.denoiser.blocks import ResBlock
 from ldm.pipeline import Text2Image
 from ldm.training.diffusion_module import LatentDiffusionModule
+from ldm.weights.checkpoint import load_latent_diffusion
 from tests.conftest import tiny_module_configs
 
 PROMPTS, SEEDS = ["a red circle", "a blue square"], [3, 4]

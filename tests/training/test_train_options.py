@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ldm.denoiser.unet import UNetModel
-from ldm.sd_checkpoint import get_sd_architecture
 from ldm.training.config_store import compose_config
+from ldm.weights.sd import get_sd_architecture
 
 
 def test_the_default_run_keeps_its_objective():

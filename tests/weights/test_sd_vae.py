@@ -1,4 +1,4 @@
-"""Tests for ldm/autoencoder/sd_vae.py: SD VAE files in and out, and agreement with diffusers."""
+"""The SD VAE part of ldm/weights/sd.py: SD VAE files in and out, and agreement with diffusers."""
 
 import os
 
@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from ldm.autoencoder.model import KLAutoencoder
-from ldm.autoencoder.sd_vae import load_sd_vae, save_sd_vae, sd_vae_state_dict
 from ldm.config import AutoencoderConfig
+from ldm.weights.sd import load_sd_vae, save_sd_vae, sd_vae_state_dict
 
 TINY = AutoencoderConfig(resolution=32, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, norm_groups=8)
 
@@ -66,9 +66,10 @@ def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
     with pytest.raises(ValueError) as error:
         load_sd_vae(tmp_path / "bad.safetensors", TINY)
     message = str(error.value)
-    assert "missing: decoder.conv_out.bias" in message
-    assert "unexpected: decoder.extra.weight" in message
-    assert "quant_conv.weight: file (2, 2, 1, 1), model (8, 8, 1, 1)" in message
+    assert "\n" not in message
+    assert "1 missing keys, e.g. decoder.conv_out.bias" in message
+    assert "1 unexpected keys, e.g. decoder.extra.weight" in message
+    assert "quant_conv.weight: (2, 2, 1, 1) given, (8, 8, 1, 1) expected" in message
     save_file({"other.weight": torch.zeros(1)}, str(tmp_path / "none.safetensors"))
     with pytest.raises(ValueError, match="no SD VAE weights"):
         load_sd_vae(tmp_path / "none.safetensors", TINY)

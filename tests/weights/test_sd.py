@@ -1,24 +1,23 @@
-"""SD single-file checkpoints in and out (ldm/sd_checkpoint.py), checked against diffusers where it is installed."""
+"""SD single-file checkpoints in and out (ldm/weights/sd.py), checked against diffusers where it is installed."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from ldm.checkpoint import CheckpointError, load_latent_diffusion
 from ldm.config import DiffusionConfig
 from ldm.pipeline import Text2Image
-from ldm.sd_checkpoint import (
+from ldm.training.diffusion_module import LatentDiffusionModule
+from ldm.weights.checkpoint import CheckpointError, load_latent_diffusion
+from ldm.weights.io import read_tensors, write_tensors
+from ldm.weights.sd import (
     SDArchitecture,
     expected_shapes,
     get_sd_architecture,
     ldm_checkpoint_from_sd,
     load_initial_weights,
-    read_state_dict,
-    save_state_dict,
     sd_state_dict_from_ldm,
 )
-from ldm.training.diffusion_module import LatentDiffusionModule
 from tests.conftest import tiny_module_configs
 
 
@@ -71,8 +70,8 @@ def test_round_trip_through_the_sd_layout_samples_identically(tmp_path, suffix):
     raw = sd_state_dict_from_ldm(as_checkpoint(module), use_ema=False)
     assert torch.equal(raw["model.diffusion_model.out.2.weight"], module.model.diffusion_model.out[2].weight)
 
-    path = save_state_dict(sd, tmp_path / f"model{suffix}")
-    state = read_state_dict(path)
+    path = write_tensors(sd, tmp_path / f"model{suffix}")
+    state = read_tensors(path)
     assert state.keys() == sd.keys()
     checkpoint = ldm_checkpoint_from_sd(state, tiny_arch(), sampler=tiny_module_configs()["sampler"])
     torch.save(checkpoint, tmp_path / "converted.ckpt")
@@ -219,10 +218,10 @@ def sd2_style_module() -> LatentDiffusionModule:
 def test_exported_unet_and_autoencoder_match_diffusers(tmp_path):
     diffusers, single_file_utils = _diffusers()
     module = sd2_style_module()
-    path = save_state_dict(sd_state_dict_from_ldm(as_checkpoint(module)), tmp_path / "tiny-sd2.safetensors")
+    path = write_tensors(sd_state_dict_from_ldm(as_checkpoint(module)), tmp_path / "tiny-sd2.safetensors")
 
     unet = diffusers.UNet2DConditionModel(**DIFFUSERS_TINY_UNET).eval()
-    state = single_file_utils.convert_ldm_unet_checkpoint(read_state_dict(path), unet.config)
+    state = single_file_utils.convert_ldm_unet_checkpoint(read_tensors(path), unet.config)
     unet.load_state_dict(state, strict=True)
     g = torch.Generator().manual_seed(1)
     x, context = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 7, 32, generator=g)
@@ -234,7 +233,7 @@ def test_exported_unet_and_autoencoder_match_diffusers(tmp_path):
     assert _relative_error(ours, theirs) <= 1e-5
 
     vae = diffusers.AutoencoderKL(**DIFFUSERS_TINY_VAE).eval()
-    state = single_file_utils.convert_ldm_vae_checkpoint(read_state_dict(path), vae.config)
+    state = single_file_utils.convert_ldm_vae_checkpoint(read_tensors(path), vae.config)
     vae.load_state_dict(state, strict=True)
     images = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     z = torch.randn(2, 4, 16, 16, generator=g)

@@ -1,7 +1,8 @@
-"""Loading this project's checkpoints, with clear errors for a missing file or a wrong stage.
+"""This project's checkpoints: read with one-line errors for a missing, unreadable or wrong-stage file.
 
 Lightning checkpoints here hold only plain Python types and tensors, so they load with
-``torch.load(weights_only=True)``; ``ldm_stage`` says which stage wrote them.
+``torch.load(weights_only=True)`` (:func:`ldm.weights.io.read_torch_file`); ``ldm_stage`` says which
+stage wrote them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from typing import Any
 
 import torch
 
+from ldm.weights.io import WeightsError, load_checked, read_torch_file
+
 STAGES = ("autoencoder", "diffusion")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that exists but cannot serve the purpose it was given for."""
+CheckpointError = WeightsError
+"""A checkpoint that cannot be read or cannot serve the purpose it was given for (the name scripts catch)."""
 
 
 def read_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict[str, Any]:
@@ -26,10 +29,7 @@ def read_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict
             " (a run writes it to <run dir>/checkpoints/last.ckpt)" if expected_stage == "diffusion" else ""
         )
         raise FileNotFoundError(f"checkpoint not found: {path}{hint}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    checkpoint = read_torch_file(path, "checkpoint")
     stage = checkpoint.get("ldm_stage") if isinstance(checkpoint, dict) else None
     if stage not in STAGES:
         raise CheckpointError(f"{path} is not an ldm checkpoint (it has no 'ldm_stage' entry)")
@@ -55,7 +55,7 @@ def load_autoencoder(path: str | Path):
 
     hparams, state = autoencoder_weights(read_checkpoint(path))
     model = KLAutoencoder.from_config(AutoencoderConfig(**hparams))
-    model.load_state_dict(state, strict=True)
+    load_checked(model, state, f"the autoencoder weights in {path} do not fit its hyper-parameters")
     return model.eval()
 
 
@@ -69,7 +69,7 @@ def load_latent_diffusion(path: str | Path, use_ema: bool = True):
 
     checkpoint = read_checkpoint(path, expected_stage="diffusion")
     module = LatentDiffusion.from_hparams(checkpoint["hyper_parameters"])
-    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    load_checked(module, checkpoint["state_dict"], f"the weights in {path} do not fit its hyper-parameters")
     if module.model_ema is not None and use_ema:
         module.model_ema.copy_to(module.model.diffusion_model)
         module.model_ema = None

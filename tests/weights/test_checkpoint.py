@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 import torch
 
-from ldm.checkpoint import CheckpointError, read_checkpoint
+from ldm.weights.checkpoint import CheckpointError, load_autoencoder, load_latent_diffusion, read_checkpoint
 
 
 def test_missing_file(tmp_path):
@@ -34,3 +36,27 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"ldm_stage": "diffusion", "x": object()}, path)
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         read_checkpoint(path)
+
+
+LEGACY = Path(__file__).parent.parent / "fixtures" / "legacy"
+
+
+def test_weights_that_do_not_fit_the_hyper_parameters_give_one_line(tmp_path):
+    checkpoint = torch.load(LEGACY / "autoencoder.ckpt", weights_only=True)
+    key = "autoencoder.decoder.conv_out.weight"
+    shape = tuple(checkpoint["state_dict"][key].shape)
+    checkpoint["state_dict"][key] = torch.zeros(1, *shape[1:])
+    torch.save(checkpoint, tmp_path / "ae.ckpt")
+    with pytest.raises(CheckpointError) as error:
+        load_autoencoder(tmp_path / "ae.ckpt")
+    assert str(error.value) == (
+        f"the autoencoder weights in {tmp_path / 'ae.ckpt'} do not fit its hyper-parameters: "
+        f"1 shape mismatches, e.g. decoder.conv_out.weight: {(1, *shape[1:])} given, {shape} expected"
+    )
+    checkpoint = torch.load(LEGACY / "diffusion.ckpt", weights_only=True)
+    del checkpoint["state_dict"]["scale_factor"]
+    torch.save(checkpoint, tmp_path / "ldm.ckpt")
+    with pytest.raises(
+        CheckpointError, match=r"do not fit its hyper-parameters: 1 missing keys, e.g. scale_factor$"
+    ):
+        load_latent_diffusion(tmp_path / "ldm.ckpt")

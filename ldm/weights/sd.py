@@ -1,4 +1,4 @@
-"""Stable Diffusion single-file checkpoints in and out.
+"""Stable Diffusion single-file checkpoints, and SD VAE files, in and out.
 
 SD's single-file layout (``v2-1_512-ema-pruned.safetensors`` and the like) is one flat state dict:
 
@@ -13,6 +13,11 @@ SD files may also hold LDM's schedule buffers (``betas``, ``alphas_cumprod``, ..
 (``model_ema.*``), which are recomputed or not used here and so are skipped. SD 1.x's text encoder
 (``cond_stage_model.transformer.*``, Hugging Face CLIP layout) is not converted: its U-Net and
 autoencoder can start a run (``diffusion.init_from``) with an open_clip ViT-L-14 conditioner.
+
+A standalone SD VAE file (``vae-ft-mse-840000-ema-pruned`` and the like) holds ``KLAutoencoder``'s
+state dict as it is (``encoder.*``, ``decoder.*``, ``quant_conv.*``, ``post_quant_conv.*``);
+:func:`load_sd_vae` also takes the ``first_stage_model.*`` part of a full checkpoint. LDM's
+training-only ``loss.*`` entries (LPIPS, discriminator, logvar) are dropped.
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
 
-from ldm.checkpoint import CheckpointError
-from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
 from ldm.diffusion.scaling import choose_scale_factor
+from ldm.weights.checkpoint import CheckpointError
+from ldm.weights.io import WeightsError, check_state_dict, load_checked, read_tensors, write_tensors
+
+if TYPE_CHECKING:
+    from ldm.autoencoder.model import KLAutoencoder
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +67,11 @@ SD_SKIPPED_KEYS = (
     "model_ema.num_updates",
 )
 """LDM buffers found in SD files that ldm recomputes from the config (schedule) or does not use."""
-SD_SKIPPED_PREFIXES = ("model_ema.", "first_stage_model.loss.")
+VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+"""The top-level modules of the SD VAE (``KLAutoencoder``)."""
+VAE_TRAINING_ONLY_PREFIX = "loss."
+"""LDM's LPIPSWithDiscriminator entries in a VAE training checkpoint: not part of the VAE."""
+SD_SKIPPED_PREFIXES = ("model_ema.", PREFIXES["autoencoder"] + VAE_TRAINING_ONLY_PREFIX)
 HF_CLIP_PREFIX = "cond_stage_model.transformer."
 """SD 1.x's text encoder (Hugging Face CLIPTextModel layout), not converted."""
 SD_SCALE_FACTOR = 0.18215
@@ -135,34 +147,6 @@ def sd_architecture_from_config(path: str | Path) -> SDArchitecture:
     )
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The flat state dict of an SD single-file checkpoint (.safetensors, or .ckpt read with
-    weights_only=True) or of an ldm stage-2 checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # a legacy (non-zip) torch file cannot be memory-mapped
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            f"{path} cannot be read with weights_only=True ({type(e).__name__}: {first}); "
-            "use the .safetensors release of the checkpoint"
-        ) from e
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors")
-    return checkpoint
-
-
 def split_sd_state_dict(state: dict[str, torch.Tensor], use_ema: bool = True) -> dict[str, Any]:
     """{'denoiser', 'autoencoder', 'conditioner': prefix-free state dicts, 'scale_factor': float or None,
     'skipped': keys not used}; the U-Net comes from ldm's EMA copy when present and `use_ema`.
@@ -211,6 +195,7 @@ def sd_state_dict_from_ldm(checkpoint: dict[str, Any], use_ema: bool = True) -> 
 def expected_shapes(arch: SDArchitecture) -> dict[str, dict[str, torch.Size]]:
     """{SD prefix: {key: shape}} of `arch`'s networks, built on the meta device (no memory, no download)."""
     from ldm.autoencoder.model import KLAutoencoder
+    from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
     from ldm.denoiser.unet import UNetModel
 
     conditioner = without_pretrained(arch.conditioner)
@@ -223,23 +208,9 @@ def expected_shapes(arch: SDArchitecture) -> dict[str, dict[str, torch.Size]]:
     return {PREFIXES[n]: {k: v.shape for k, v in m.state_dict().items()} for n, m in networks.items()}
 
 
-def check_part(name: str, state: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> None:
-    """Raise CheckpointError unless `state` has exactly the keys and shapes of `shapes`."""
-    missing = sorted(shapes.keys() - state.keys())
-    unexpected = sorted(state.keys() - shapes.keys())
-    wrong = sorted(k for k in shapes.keys() & state.keys() if tuple(state[k].shape) != tuple(shapes[k]))
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:3])}")
-        if wrong:
-            k = wrong[0]
-            details.append(
-                f"{len(wrong)} shape mismatches, e.g. {k}: {tuple(state[k].shape)} vs {tuple(shapes[k])}"
-            )
-        raise CheckpointError(f"{PREFIXES[name]}* does not fit the architecture: {'; '.join(details)}")
+def does_not_fit(name: str) -> str:
+    """The beginning of the error for part `name`'s weights that do not fit the architecture."""
+    return f"{PREFIXES[name]}* does not fit the architecture"
 
 
 def ldm_checkpoint_from_sd(
@@ -254,6 +225,8 @@ def ldm_checkpoint_from_sd(
     Every part must be present and fit `arch` exactly. The scale factor is `scale_factor`, else
     the file's, else the architecture's.
     """
+    from ldm.conditioning.text import without_pretrained
+
     arch = get_sd_architecture(arch) if isinstance(arch, str) else arch
     parts = split_sd_state_dict(state)
     for name, prefix in PREFIXES.items():
@@ -267,7 +240,7 @@ def ldm_checkpoint_from_sd(
             raise CheckpointError(f"the SD checkpoint has no {prefix}* weights{hint}")
     shapes = expected_shapes(arch)
     for name, prefix in PREFIXES.items():
-        check_part(name, parts[name], shapes[prefix])
+        check_state_dict(parts[name], shapes[prefix], does_not_fit(name))
     if parts["skipped"]:
         log.info("skipped %d keys not used by ldm (schedule buffers, EMA copies)", len(parts["skipped"]))
     scale, _ = choose_scale_factor(
@@ -298,8 +271,8 @@ def ldm_checkpoint_from_sd(
 
 
 def load_part(module: nn.Module, name: str, state: dict[str, torch.Tensor]) -> None:
-    check_part(name, state, {k: v.shape for k, v in module.state_dict().items()})
-    module.load_state_dict(state, strict=True)
+    """Load part `name` (a prefix-free state dict) into `module` strictly, with a one-line error."""
+    load_checked(module, state, does_not_fit(name))
 
 
 def load_initial_weights(
@@ -330,15 +303,31 @@ def load_initial_weights(
     return loaded
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> Path:
-    """Write a flat state dict as .safetensors, or as a torch file {'state_dict': ...} for any other suffix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(path), metadata={"format": "pt"})
+def sd_vae_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The VAE's own entries of a flat state dict: standalone, or under ``first_stage_model.``."""
+    prefix = PREFIXES["autoencoder"]
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     else:
-        torch.save({"state_dict": tensors}, path)
-    return path
+        # A standalone file may hold other top-level entries (a stray "model_ema.decay", ...).
+        state = {k: v for k, v in state.items() if k.startswith(VAE_PREFIXES)}
+    return {k: v for k, v in state.items() if not k.startswith(VAE_TRAINING_ONLY_PREFIX)}
+
+
+def load_sd_vae(path: str | Path, config: AutoencoderConfig) -> KLAutoencoder:
+    """A ``KLAutoencoder`` of `config` with the SD VAE weights at `path` (.ckpt or .safetensors), eval mode."""
+    from ldm.autoencoder.model import KLAutoencoder
+
+    state = sd_vae_state_dict(read_tensors(path))
+    if not state:
+        raise WeightsError(
+            f"{path} holds no SD VAE weights (no encoder.*/decoder.* or first_stage_model.* keys)"
+        )
+    model = KLAutoencoder.from_config(config)
+    load_checked(model, state, "the VAE weights do not fit the configured autoencoder")
+    return model.eval()
+
+
+def save_sd_vae(model: KLAutoencoder, path: str | Path) -> Path:
+    """Write the VAE as a standalone SD VAE file: .safetensors, or a torch file ``{"state_dict": ...}``."""
+    return write_tensors(model.state_dict(), path)
