@@ -40,8 +40,8 @@ import simplejpeg
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset import TarWriter
 
+from ldm.data.shard_writer import ShardWriter, read_complete_manifest
 from ldm.training.datamodule import ShardDataModule
 
 log = logging.getLogger("bench_data")
@@ -59,32 +59,29 @@ def photo(rng: np.random.Generator) -> Image.Image:
 
 
 def write_jpeg_shards(root: Path, n_images: int, per_shard: int, seed: int = 0) -> list[str]:
-    """Shards of KEY.jpg + KEY.txt (+ KEY.json), written once; returns their paths."""
-    root.mkdir(parents=True, exist_ok=True)
-    n_shards = -(-n_images // per_shard)
-    paths = [root / f"{i:06d}.tar" for i in range(n_shards)]
-    done = root / f"done-{n_images}-{per_shard}-{seed}"
-    if done.exists():
-        return [str(p) for p in paths]
+    """Shards of KEY.jpg + KEY.txt (+ KEY.json), written once (reused while their manifest matches); returns
+    their paths."""
+    wanted = {"images": n_images, "per_shard": per_shard, "seed": seed}
+    manifest = read_complete_manifest(root)
+    if manifest is not None and all(manifest.get(k) == v for k, v in wanted.items()):
+        return [str(root / name) for name in manifest["shards"]]
     rng = np.random.default_rng(seed)
-    for i, path in enumerate(paths):
-        with open(path, "wb") as stream, TarWriter(stream) as writer:
-            for j in range(i * per_shard, min(n_images, (i + 1) * per_shard)):
-                image = photo(rng)
-                buffer = io.BytesIO()
-                image.save(buffer, format="JPEG", quality=90)
-                meta = {"width": image.width, "height": image.height}
-                writer.write(
-                    {
-                        "__key__": f"{j:09d}",
-                        "jpg": buffer.getvalue(),
-                        "txt": b"a photo",
-                        "json": json.dumps(meta).encode(),
-                    }
-                )
-        log.info("wrote %s", path)
-    done.touch()
-    return [str(p) for p in paths]
+    with ShardWriter(root, "%06d.tar", per_shard, metadata=wanted) as sink:
+        for j in range(n_images):
+            image = photo(rng)
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=90)
+            meta = {"width": image.width, "height": image.height}
+            sink.write(
+                {
+                    "__key__": f"{j:09d}",
+                    "jpg": buffer.getvalue(),
+                    "txt": b"a photo",
+                    "json": json.dumps(meta).encode(),
+                }
+            )
+    log.info("wrote %d JPEGs in %d shards to %s", n_images, len(sink.shards), root)
+    return [str(root / name) for name in sink.shards]
 
 
 def pil_decode(data: bytes) -> tuple[int, int]:

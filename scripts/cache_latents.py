@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         context_shape = splits[split].pop("context_shape", None)
         log.info("%s: %d samples in %d shards (%s)", split, written["samples"], written["shards"], out)
+    if not splits["train"]["samples"]:
+        sys.exit(f"error: no training sample was cached (skipped: {splits['train']['skipped'] or 'none'})")
     info = {
         "autoencoder": {"fingerprint": weights_fingerprint(state), "checkpoint": str(args.ckpt)},
         "resolution": args.resolution,
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         "data.cached_latents=true", "data.crop=center", f"data.resolution={args.resolution}",
         f"data.train_shards='{out / splits['train']['pattern']}'",
     ]  # fmt: skip
-    if "val" in splits:
+    if "val" in splits and splits["val"]["pattern"]:
         command.append(f"data.val_shards='{out / splits['val']['pattern']}'")
     if text_encoder is not None:
         command += ["data.cached_text=true", *args.overrides]

@@ -16,16 +16,16 @@ them with the frozen autoencoder and writes, per split, ``OUT/train-000000.tar``
 ``OUT/cache.json``, beside the shards, records what made them: the autoencoder's fingerprint
 (sha256 of its state dict, ``weights_fingerprint``), the resolution, the moments' shape and
 dtype, per split the shard pattern and the sample and skip counts, and with ``--text`` the text
-encoder's fingerprint, config and context shape. ``data.cached_latents=true`` reads it to check
-that stage 2 uses the same autoencoder and resolution, and ``data.cached_text=true`` the same text
-encoder.
+encoder's fingerprint, config and context shape. Written after the last shard, it is also the
+cache's manifest (``ldm.data.shard_writer``): it lists the shards, and writing new shards into the
+folder removes it until the new one is written. ``data.cached_latents=true`` reads it to check that
+stage 2 uses the same autoencoder and resolution, and ``data.cached_text=true`` the same text encoder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader
 
 from ldm.data.decode import ImageDecoder, read_caption
 from ldm.data.quality import SampleCounter, SampleFilter
+from ldm.data.shard_writer import ShardWriter, missing_shards, read_manifest, write_manifest
 from ldm.data.stream import ShardStream
+from ldm.data.urls import expand_urls
 
 if TYPE_CHECKING:
     from ldm.autoencoder.model import KLAutoencoder
@@ -153,15 +154,26 @@ def cache_info_path(train_urls: list[str]) -> Path:
 
 
 def read_cache_info(train_urls: list[str]) -> dict[str, Any]:
-    """The cache.json of latent shards, checked to be one."""
+    """The cache.json of latent shards, checked to be one and to describe shards that are all there.
+
+    A cache.json written before ``ldm.data.shard_writer`` has no ``shards`` list; its splits' patterns
+    name its shards.
+    """
     path = cache_info_path(train_urls)
-    if not path.is_file():
+    try:
+        info = read_manifest(path.parent, CACHE_FILE)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"{path} not found: data.cached_latents=true needs shards written by scripts/cache_latents.py"
-        )
-    info = json.loads(path.read_text(encoding="utf-8"))
+        ) from None
     if info.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path} is not a latent cache description (format {info.get('format')!r})")
+    missing = missing_shards(path.parent, info, legacy_shards=cache_shards)
+    if missing:
+        raise FileNotFoundError(
+            f"{path} lists {len(missing)} shards that are not there ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): cache them again with scripts/cache_latents.py"
+        )
     return info
 
 
@@ -273,19 +285,19 @@ def write_latent_shards(
     with each caption's per-token states when a (frozen) `text_encoder` is given.
 
     Returns ``{"pattern": "split-{000000..00000N}.tar", "shards", "samples", "moments_shape": [2C, h, w]}``
-    (and ``"context_shape": [T, D]`` with a text encoder).
+    (and ``"context_shape": [T, D]`` with a text encoder); the pattern is None when there were no samples.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype '{dtype}'; available: {', '.join(DTYPES)}")
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
     device = next(autoencoder.parameters()).device
-    shards: list[str] = []
-    count, shape, context_shape = 0, None, None
-    pattern = str(Path(folder) / f"{split}-%06d.tar")
-    with wds.ShardWriter(
-        pattern, maxcount=samples_per_shard, verbose=0, encoder=False, post=shards.append
-    ) as sink:
+    shape, context_shape = None, None
+    # Rewriting shards in `folder` voids its cache.json until write_cache_info writes the new one.
+    sink = ShardWriter(
+        folder, f"{split}-%06d.tar", samples_per_shard, manifest=CACHE_FILE, writes_manifest=False
+    )
+    with sink:
         for batch in batches:
             moments = autoencoder.encode(batch["image"].to(device)).parameters  # B x 2C x h x w
             array = moments.float().cpu().numpy().astype(dtype)
@@ -305,12 +317,12 @@ def write_latent_shards(
                 if batch.get("json") and batch["json"][i]:
                     sample["json"] = batch["json"][i].encode("utf-8")
                 sink.write(sample)
-            count += len(batch["key"])
-    last = len(shards) - 1
+    last = len(sink.shards) - 1
+    pattern = f"{split}-000000.tar" if last == 0 else f"{split}-{{000000..{last:06d}}}.tar"
     written = {
-        "pattern": f"{split}-000000.tar" if last == 0 else f"{split}-{{000000..{last:06d}}}.tar",
-        "shards": len(shards),
-        "samples": count,
+        "pattern": pattern if sink.shards else None,  # no shard when there were no samples
+        "shards": len(sink.shards),
+        "samples": sink.samples,
         "moments_shape": shape,
     }
     if text_encoder is not None:
@@ -318,8 +330,20 @@ def write_latent_shards(
     return written
 
 
+def cache_shards(info: dict[str, Any]) -> list[str]:
+    """The shard names of a cache description: those of each split's pattern."""
+    return [
+        name
+        for split in info["splits"].values()
+        if split["pattern"]
+        for name in expand_urls(split["pattern"])
+    ]
+
+
 def write_cache_info(folder: str | Path, info: dict[str, Any]) -> Path:
-    """Write ``info`` (with the format tag) as the folder's cache.json."""
-    path = Path(folder) / CACHE_FILE
-    path.write_text(json.dumps({"format": CACHE_FORMAT, **info}, indent=2) + "\n", encoding="utf-8")
-    return path
+    """Write ``info`` (with the format tag) as the folder's cache.json: the manifest of the cache's shards
+    (``ldm.data.shard_writer``), written after the last of them."""
+    samples = sum(split["samples"] for split in info["splits"].values())
+    return write_manifest(
+        folder, cache_shards(info), samples, {"format": CACHE_FORMAT, **info}, name=CACHE_FILE
+    )

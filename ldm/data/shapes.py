@@ -13,8 +13,6 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -25,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
-from webdataset import TarWriter
+
+from ldm.data.shard_writer import ShardWriter, read_complete_manifest, staged_folder, write_manifest
 
 if TYPE_CHECKING:
     from ldm.config import DataConfig
@@ -78,8 +77,7 @@ _POSITION_WORDS = {
 _VAL_EIGHTHS = 8
 """One image in this many (by a hash of its pixels' parameters) is reserved for validation."""
 _PARALLEL_MIN_SAMPLES = 4_000
-"""Sets smaller than this are written in-process (starting workers would cost more than it saves)."""
-_MANIFEST = "manifest.json"
+"""Splits smaller than this are rendered in-process (starting workers would cost more than it saves)."""
 _MANIFEST_VERSION = 1
 
 
@@ -287,47 +285,57 @@ def _check_arguments(
         raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
 
 
-def _write_shard(path: Path, layouts: list[ShapeLayout], first_index: int) -> None:
-    """Write one tar shard of samples numbered from ``first_index``."""
-    # A fixed owner and mtime make the tar files themselves reproducible.
-    with open(path, "wb") as stream, TarWriter(stream, user="ldm", group="ldm", mtime=0) as writer:
-        for offset, layout in enumerate(layouts):
-            sample = _sample(first_index + offset, layout)
-            writer.write(
-                {
-                    "__key__": sample.key,
-                    "png": _png_bytes(sample.image),
-                    "txt": sample.caption.encode("utf-8"),
-                    "json": json.dumps(sample.metadata, sort_keys=True).encode("utf-8"),
-                }
-            )
+def _shard_samples(layouts: list[ShapeLayout], first_index: int) -> list[dict[str, bytes]]:
+    """The webdataset samples (png, txt, json) of consecutive layouts, numbered from ``first_index``."""
+    samples = []
+    for offset, layout in enumerate(layouts):
+        sample = _sample(first_index + offset, layout)
+        samples.append(
+            {
+                "__key__": sample.key,
+                "png": _png_bytes(sample.image),
+                "txt": sample.caption.encode("utf-8"),
+                "json": json.dumps(sample.metadata, sort_keys=True).encode("utf-8"),
+            }
+        )
+    return samples
 
 
-def _write_shards(jobs: list[tuple[Path, list[ShapeLayout], int]]) -> None:
-    """Run the shard-writing jobs, in forked worker processes when there is enough work to pay for them."""
+def _rendered_shards(layouts: list[ShapeLayout], samples_per_shard: int) -> Iterator[list[dict[str, bytes]]]:
+    """Each shard's samples in order, rendered in forked worker processes when there is enough work to pay
+    for them."""
+    jobs = [
+        (layouts[start : start + samples_per_shard], start)
+        for start in range(0, len(layouts), samples_per_shard)
+    ]
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    total = sum(len(layouts) for _, layouts, _ in jobs)
-    if workers < 2 or total < _PARALLEL_MIN_SAMPLES or "fork" not in mp.get_all_start_methods():
+    if workers < 2 or len(layouts) < _PARALLEL_MIN_SAMPLES or "fork" not in mp.get_all_start_methods():
         for job in jobs:
-            _write_shard(*job)
+            yield _shard_samples(*job)
         return
-    # fork, not spawn: a spawned worker would spend longer importing torch than writing its shards.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
-        for future in [pool.submit(_write_shard, *job) for job in jobs]:
-            future.result()
+    # fork, not spawn: a spawned worker would spend longer importing torch than rendering its shards.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+    try:
+        yield from pool.map(_shard_samples, *zip(*jobs))
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _write_shard(sink: ShardWriter, samples: list[dict[str, bytes]]) -> None:
+    """Write one shard's samples (the writer closes the shard after the last of them)."""
+    for sample in samples:
+        sink.write(sample)
+
+
+def _split_shards(manifest: dict) -> list[str]:
+    """The shards of a manifest: its train and val lists (all that one written before "shards" has)."""
+    return manifest["train"] + manifest["val"]
 
 
 def _read_manifest(folder: Path) -> dict | None:
     """The manifest of a complete set in ``folder``, or None if there is none or a listed shard is missing."""
-    try:
-        manifest = json.loads((folder / _MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    if manifest.get("version") != _MANIFEST_VERSION:
-        return None
-    if not all((folder / name).is_file() for name in manifest["train"] + manifest["val"]):
-        return None
-    return manifest
+    manifest = read_complete_manifest(folder, legacy_shards=_split_shards)
+    return manifest if manifest is not None and manifest.get("version") == _MANIFEST_VERSION else None
 
 
 def _shards_of(folder: Path, manifest: dict) -> ShapesShards:
@@ -344,7 +352,8 @@ def write_shapes_dataset(
 
     The set goes to ``{root}/{resolution}px-seed{seed}-n{num_train}-{num_val}/{train,val}/NNNNNN.tar``.
     It is written into a temporary sibling folder whose manifest is written last, and renamed into
-    place when complete, so an interrupted run never leaves a set that looks finished.
+    place when complete (``ldm.data.shard_writer``), so an interrupted run never leaves a set that
+    looks finished.
     """
     _check_arguments(
         resolution=resolution,
@@ -355,7 +364,8 @@ def write_shapes_dataset(
     )
     root = Path(root).resolve()
     folder = root / f"{resolution}px-seed{seed}-n{num_train}-{num_val}"
-    arguments = {
+    manifest = {
+        "version": _MANIFEST_VERSION,
         "resolution": resolution,
         "seed": seed,
         "num_train": num_train,
@@ -363,10 +373,10 @@ def write_shapes_dataset(
         "samples_per_shard": samples_per_shard,
     }
 
-    manifest = _read_manifest(folder)
-    if manifest is not None:
-        _note_reuse(folder, manifest, samples_per_shard)
-        return _shards_of(folder, manifest)
+    existing = _read_manifest(folder)
+    if existing is not None:
+        _note_reuse(folder, existing, samples_per_shard)
+        return _shards_of(folder, existing)
 
     logger.info(
         "generating the shapes set: %d train + %d val images at %dpx into %s",
@@ -376,48 +386,21 @@ def write_shapes_dataset(
         folder,
     )
     started = time.perf_counter()
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=root))
-    staging.chmod(0o755)  # mkdtemp makes it private; the finished set should be readable like any folder
-    try:
-        manifest = {"version": _MANIFEST_VERSION, **arguments}
-        jobs = []
+    with staged_folder(folder, legacy_shards=_split_shards) as staging:
         for split, num in (("train", num_train), ("val", num_val)):
-            (staging / split).mkdir()
             layouts = _draw_layouts(_split_rng(seed, split), num, resolution, split)
-            starts = range(0, num, samples_per_shard)
-            manifest[split] = [f"{split}/{shard:06d}.tar" for shard in range(len(starts))]
-            jobs += [
-                (staging / name, layouts[start : start + samples_per_shard], start)
-                for name, start in zip(manifest[split], starts, strict=True)
-            ]
-        _write_shards(jobs)
+            with ShardWriter(staging, f"{split}/%06d.tar", samples_per_shard, writes_manifest=False) as sink:
+                for samples in _rendered_shards(layouts, samples_per_shard):
+                    _write_shard(sink, samples)
+            manifest[split] = sink.shards
         # The manifest is written last: its presence marks the set complete.
-        (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        write_manifest(staging, manifest["train"] + manifest["val"], num_train + num_val, manifest)
 
     manifest = _read_manifest(folder)
     if manifest is None:
         raise RuntimeError(f"the shapes set at {folder} has no valid manifest after writing it")
     logger.info("wrote the shapes set in %.1f s", time.perf_counter() - started)
     return _shards_of(folder, manifest)
-
-
-def _move_into_place(staging: Path, folder: Path) -> None:
-    """Rename the finished staging folder to ``folder``; if another process got there first, keep theirs."""
-    if folder.exists() and _read_manifest(folder) is None:
-        # Not produced by a finished run of this function (which only ever renames complete sets).
-        logger.warning("replacing the incomplete shapes set at %s", folder)
-        shutil.rmtree(folder)
-    try:
-        os.rename(staging, folder)
-    except OSError:
-        if _read_manifest(folder) is None:
-            raise
-        # A concurrent writer (another rank) finished the same set first; the staging copy is dropped.
 
 
 def _note_reuse(folder: Path, manifest: dict, samples_per_shard: int) -> None:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import webdataset as wds
 from PIL import Image
+
+from ldm.data.shard_writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +103,16 @@ def write_image_folder(
     samples_per_shard: int = 10_000,
     captions: Optional[str | Path] = None,
 ) -> WriteReport:
-    """Write the captioned images below `folder` as ``outdir/NNNNNN.tar`` shards."""
+    """Write the captioned images below `folder` as ``outdir/NNNNNN.tar`` shards, then
+    ``outdir/manifest.json`` (``ldm.data.shard_writer``)."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     table = read_caption_table(captions) if captions is not None else None
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     report = WriteReport()
-    with wds.ShardWriter(str(outdir / "%06d.tar"), maxcount=samples_per_shard, verbose=0) as sink:
+    with ShardWriter(outdir, "%06d.tar", samples_per_shard) as sink:
         for sample in image_folder_samples(folder, table, report):
             sink.write(sample)
-    report.shards = sorted(str(p) for p in outdir.glob("*.tar"))
+        sink.metadata["skipped"] = report.skipped
+    report.shards = [str(outdir / name) for name in sink.shards]
     return report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -215,6 +217,39 @@ def test_missing_cache_description(cache):
     data.train_shards = str(cache["images"].train[0])
     with pytest.raises(FileNotFoundError, match="needs shards written by scripts/cache_latents.py"):
         build_datamodule(data)
+
+
+def test_cache_json_is_the_manifest_of_the_shards(cache, tmp_path):
+    info = json.loads((cache["out"] / "cache.json").read_text())
+    assert info["shards"] == [f"train-{i:06d}.tar" for i in range(3)] + ["val-000000.tar"]
+    assert info["samples"] == 16
+    # A cache written before the shared shard writer has no shard list: its patterns name the shards.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(cache["out"], legacy)
+    legacy_info = {k: v for k, v in info.items() if k not in ("shards", "samples")}
+    (legacy / "cache.json").write_text(json.dumps(legacy_info, indent=2) + "\n")
+    urls = [str(legacy / "train-000000.tar")]
+    assert read_cache_info(urls) == legacy_info
+    (legacy / "val-000000.tar").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lists 1 shards that are not there \(val-000000.tar\)"):
+        read_cache_info(urls)
+
+
+def test_interrupted_recaching_leaves_no_cache(cache, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(cache["out"], out)
+    loader, _ = image_batches(cache["images"].train, resolution=32, batch_size=3)
+
+    def failing(batches):
+        for i, batch in enumerate(batches):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    with pytest.raises(KeyboardInterrupt):
+        write_latent_shards(cache["model"], failing(loader), out, "train", samples_per_shard=5)
+    with pytest.raises(FileNotFoundError, match="cache.json not found"):
+        read_cache_info([str(out / "train-000000.tar")])
 
 
 @pytest.mark.parametrize(

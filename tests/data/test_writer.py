@@ -41,6 +41,12 @@ def test_folder_with_sidecars_round_trips(folder, tmp_path):
     with tarfile.open(report.shards[1]) as tar:
         meta = json.load(tar.extractfile([m for m in tar.getmembers() if m.name.endswith(".json")][-1]))
     assert meta == {"width": 44, "height": 30, "original_file": "sub/img4.jpg"}
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert manifest == {
+        "skipped": {"missing_caption": 1, "unreadable_image": 1},
+        "shards": ["000000.tar", "000001.tar"],
+        "samples": 4,
+    }
 
 
 def test_caption_table(folder, tmp_path):

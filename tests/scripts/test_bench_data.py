@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from pathlib import Path
 
 
 def test_bench_data_times_both_loops_over_the_same_images(tmp_path, load_script):
@@ -41,3 +42,14 @@ def test_both_bare_decoders_read_the_same_sizes(tmp_path, load_script):
 def read_jpegs(url: str) -> list[bytes]:
     with tarfile.open(url) as tar:
         return [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
+
+
+def test_jpeg_shards_are_reused_while_the_manifest_matches(tmp_path, load_script):
+    bench = load_script("bench_data")
+    urls = bench.write_jpeg_shards(tmp_path, 5, 2, seed=1)
+    assert [url.rsplit("/", 1)[-1] for url in urls] == ["000000.tar", "000001.tar", "000002.tar"]
+    first, mtimes = read_jpegs(urls[0]), [Path(url).stat().st_mtime_ns for url in urls]
+    assert bench.write_jpeg_shards(tmp_path, 5, 2, seed=1) == urls
+    assert [Path(url).stat().st_mtime_ns for url in urls] == mtimes  # not written again
+    assert bench.write_jpeg_shards(tmp_path, 5, 2, seed=2) == urls
+    assert read_jpegs(urls[0]) != first  # another seed: another set
