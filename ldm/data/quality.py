@@ -28,7 +28,7 @@ SKIP_KINDS = (
     "missing_caption",  # no caption member
     "bad_text",  # caption not UTF-8
     "bad_metadata",  # json unreadable while filters need it
-    "unreadable_shard",  # a tar shard (or member) that cannot be read: the rest of it is lost
+    "unreadable_shard",  # a tar shard (or member) that cannot be read, or is truncated: the rest is lost
     "filtered",  # a readable sample that the metadata filters reject (not corruption)
 )
 CORRUPT_KINDS = tuple(k for k in SKIP_KINDS if k != "filtered")
@@ -111,10 +111,10 @@ class SampleCounter:
         info = torch.utils.data.get_worker_info()
         return 0 if info is None else 1 + info.id % MAX_WORKERS
 
-    def skip(self, kind: str, detail: str) -> None:
-        """Count one skipped sample of `kind`; the first of each kind in a process is logged."""
+    def skip(self, kind: str, detail: str, *, quiet: bool = False) -> None:
+        """Count one skipped sample of `kind`; the first of a kind in a process is logged, unless `quiet`."""
         self.table[self._row(), SKIP_KINDS.index(kind)] += 1
-        if kind not in self._logged and kind != "filtered":
+        if not quiet and kind not in self._logged and kind != "filtered":
             self._logged.add(kind)
             log.warning("skipping corrupt data (%s): %s (further ones are counted, not logged)", kind, detail)
 

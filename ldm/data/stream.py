@@ -26,6 +26,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from ldm.data.quality import DataQualityError, SampleCounter
+from ldm.data.tar_reader import read_shards
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class ShardStream(IterableDataset):
         self._passes_since_set = 0
         self._resume: Optional[dict[str, Any]] = None
         self._warned_uneven = False
+        self._named_shards: set[str] = set()  # broken shards this process has warned about
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass use the shuffling of ``epoch``; later passes count on from it."""
@@ -200,29 +202,28 @@ class ShardStream(IterableDataset):
         return batches * self.batch_size
 
     def _read(self, urls: list[str]) -> Iterator[dict]:
-        """Raw samples of `urls` in order; broken shards are skipped (and counted)."""
-        if not urls:
-            return iter(())  # a worker left without a shard (webdataset cannot open an empty list)
+        """Raw samples of `urls` in order; broken shards (truncated ones included) are skipped and counted.
+
+        The samples of a shard before the point where it breaks are kept. Each broken shard is
+        counted once per read and named in a warning once per process.
+        """
         broken: set[str] = set()
 
         def skip_unreadable(exn: Exception) -> bool:
-            # webdataset reports one broken shard at more than one level: count each shard once.
+            # a shard can be reported at more than one stage: count each shard once.
             shard = next((u for u in urls if u in str(exn)), None)
-            if shard is None or shard not in broken:
-                broken.add(shard or "")
-                self.counter.skip("unreadable_shard", f"{type(exn).__name__}: {exn}")
+            detail = f"{type(exn).__name__}: {exn}"
+            if shard is None:
+                self.counter.skip("unreadable_shard", detail)
+            elif shard not in broken:
+                broken.add(shard)
+                self.counter.skip("unreadable_shard", detail, quiet=True)  # named below, once per process
+                if shard not in self._named_shards:
+                    self._named_shards.add(shard)
+                    logger.warning("lost the rest of shard %s (unreadable_shard): %s", shard, detail)
             return True  # go on with the next shard
 
-        pipeline = wds.WebDataset(
-            urls,
-            handler=skip_unreadable,
-            shardshuffle=False,  # done by the caller, before the shards are split among nodes and workers
-            nodesplitter=None,  # the caller splits (by logical worker, see _resume_offsets)
-            workersplitter=None,
-            empty_check=False,  # a worker left without a shard yields nothing instead of raising
-            seed=self.seed,  # unused here, but without it WebDataset draws one from the global RNG
-        )
-        return iter(pipeline)
+        return read_shards(urls, skip_unreadable)
 
     def _shuffled(self, raw: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         if not self.shuffle or self.shuffle_buffer <= 1:
