@@ -1,4 +1,4 @@
-"""scripts/bench_data.py on a tiny set: both loops read every JPEG of the shards it writes."""
+"""benchmarks/bench_data.py on a tiny set: both loops read every JPEG of the shards it writes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import tarfile
 
 
-def test_bench_data_times_both_loops_over_the_same_images(tmp_path, load_script):
-    bench = load_script("bench_data")
+def test_bench_data_times_both_loops_over_the_same_images(tmp_path, load_benchmark):
+    bench = load_benchmark("bench_data")
     out = tmp_path / "bench.json"
     args = ["--root", str(tmp_path / "jpeg"), "--images", "20", "--per-shard", "5", "--resolutions", "32"]
     rows = bench.main([*args, "--workers", "0", "--batch-size", "4", "--repeats", "1", "--out", str(out)])
@@ -20,8 +20,8 @@ def test_bench_data_times_both_loops_over_the_same_images(tmp_path, load_script)
     assert written["rows"] == rows and written["bare_simplejpeg"]["0"] > 0
 
 
-def test_median_ratio_pairs_the_rounds(load_script):
-    bench = load_script("bench_data")
+def test_median_ratio_pairs_the_rounds(load_benchmark):
+    bench = load_benchmark("bench_data")
     pipeline = [(80.0, 10), (45.0, 10), (55.0, 10)]
     bare = [(100.0, 10), (50.0, 10), (50.0, 10)]  # the machine slowed down after round 1
     assert bench.best(pipeline) == (80.0, 10)
@@ -29,8 +29,8 @@ def test_median_ratio_pairs_the_rounds(load_script):
     assert abs(bench.best(pipeline)[0] / bench.best(bare)[0] - 0.8) < 1e-12
 
 
-def test_both_bare_decoders_read_the_same_sizes(tmp_path, load_script):
-    bench = load_script("bench_data")
+def test_both_bare_decoders_read_the_same_sizes(tmp_path, load_benchmark):
+    bench = load_benchmark("bench_data")
     (url,) = bench.write_jpeg_shards(tmp_path, 3, 3, seed=1)
     jpegs = read_jpegs(url)
     sizes = {name: [decode(data) for data in jpegs] for name, decode in bench.BARE_DECODERS.items()}

@@ -1,4 +1,4 @@
-"""scripts/bench_optimizer.py: the three AdamW implementations take the same steps."""
+"""benchmarks/bench_optimizer.py: the three AdamW implementations take the same steps."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ TINY = [
 ]
 
 
-def test_implementations_agree_and_take_adams_constant_gradient_steps(tmp_path, load_script):
-    script = load_script("bench_optimizer")
+def test_implementations_agree_and_take_adams_constant_gradient_steps(tmp_path, load_benchmark):
+    bench = load_benchmark("bench_optimizer")
     out = tmp_path / "optimizer.json"
-    report = script.main(["--steps", "3", "--out", str(out), "--", *TINY])
+    report = bench.main(["--steps", "3", "--out", str(out), "--", *TINY])
     assert json.loads(out.read_text()) == report
     results = report["results"]
     assert list(results) == ["loop", "foreach", "fused"]
@@ -31,7 +31,7 @@ def test_implementations_agree_and_take_adams_constant_gradient_steps(tmp_path, 
     assert results["loop"]["max_abs_difference_from_loop"] == 0
 
 
-def test_rejects_no_steps(load_script):
-    script = load_script("bench_optimizer")
+def test_rejects_no_steps(load_benchmark):
+    bench = load_benchmark("bench_optimizer")
     with pytest.raises(ValueError, match="steps must be at least 1"):
-        script.time_adamw_steps([], 0, lr=1e-3, weight_decay=0.0)
+        bench.time_adamw_steps([], 0, lr=1e-3, weight_decay=0.0)

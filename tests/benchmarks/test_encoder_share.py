@@ -1,4 +1,4 @@
-"""scripts/encoder_share.py: FLOPs counted on fake tensors equal those of the real networks."""
+"""benchmarks/encoder_share.py: FLOPs counted on fake tensors equal those of the real networks."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from ldm.training.config_store import compose_config
 TINY = ["experiment=shapes", "denoiser.model_channels=32", "denoiser.num_head_channels=16"]
 
 
-def test_fake_counts_equal_real_counts(tmp_path, load_script):
-    script = load_script("encoder_share")
+def test_fake_counts_equal_real_counts(tmp_path, load_benchmark):
+    bench = load_benchmark("encoder_share")
     out = tmp_path / "share.json"
-    rows = script.main(["--resolutions", "16", "32", "--out", str(out), "--", *TINY])
+    rows = bench.main(["--resolutions", "16", "32", "--out", str(out), "--", *TINY])
     assert [r["resolution"] for r in rows] == [16, 32]
     assert [r["latent"] for r in rows] == [[4, 4, 4], [4, 8, 8]]  # f = 4
     assert json.loads(out.read_text())["rows"] == rows
@@ -49,15 +49,15 @@ def test_fake_counts_equal_real_counts(tmp_path, load_script):
     assert 3.5 < rows[1]["encoder_gflop"] / rows[0]["encoder_gflop"] < 4.5
 
 
-def test_resolution_must_be_a_multiple_of_the_factor(load_script):
-    script = load_script("encoder_share")
+def test_resolution_must_be_a_multiple_of_the_factor(load_benchmark):
+    bench = load_benchmark("encoder_share")
     with pytest.raises(ValueError, match="multiple of the autoencoder's factor 4"):
-        script.main(["--resolutions", "30", "--", *TINY])
+        bench.main(["--resolutions", "30", "--", *TINY])
 
 
-def test_timed_ceilings_follow_from_the_timed_networks(load_script):
-    script = load_script("encoder_share")
-    rows = script.main(["--resolutions", "16", "--time", "--batch-size", "2", "--repeats", "1", "--", *TINY])
+def test_timed_ceilings_follow_from_the_timed_networks(load_benchmark):
+    bench = load_benchmark("encoder_share")
+    rows = bench.main(["--resolutions", "16", "--time", "--batch-size", "2", "--repeats", "1", "--", *TINY])
     timed = rows[0]["timed"]
     assert timed["resolution"] == 16 and timed["batch_size"] == 2
     encoder, text, step = timed["encoder_s"], timed["text_s"], timed["unet_step_s"]
@@ -68,7 +68,7 @@ def test_timed_ceilings_follow_from_the_timed_networks(load_script):
     assert 1 < timed["ceiling"] <= timed["ceiling_with_text"]
 
 
-def test_timing_needs_a_batch(load_script):
-    script = load_script("encoder_share")
+def test_timing_needs_a_batch(load_benchmark):
+    bench = load_benchmark("encoder_share")
     with pytest.raises(ValueError, match="batch size and repeats must be at least 1"):
-        script.time_components(compose_config(TINY), 16, batch_size=0)
+        bench.time_components(compose_config(TINY), 16, batch_size=0)
