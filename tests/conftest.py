@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -58,6 +59,16 @@ def save_tiny_autoencoder(path: Path, config: AutoencoderConfig, seed: int) -> K
         path,
     )
     return model
+
+
+def pooled_std(means: list[float], stds: list[float], n: int) -> float:
+    """The (unbiased) std of all len(means) x n values, from each group's mean and unbiased std over n values.
+
+    Sum of squared deviations from the grand mean m: sum over groups of (n - 1) s_c^2 + n (m_c - m)^2.
+    """
+    m = sum(means) / len(means)
+    squares = sum((n - 1) * s**2 + n * (mean - m) ** 2 for mean, s in zip(means, stds))
+    return math.sqrt(squares / (len(means) * n - 1))
 
 
 def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -15,6 +15,6 @@ def test_ruff_check_is_clean():
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed (pip install -e .[dev])")
     result = subprocess.run(
-        [ruff, "check", "ldm", "tests", "scripts"], cwd=ROOT, capture_output=True, text=True
+        [ruff, "check", "ldm", "tests", "scripts", "benchmarks"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -127,7 +127,7 @@ def test_channels_must_divide_into_groupnorm_groups():
 
 
 def test_constructor_is_keyword_only_and_from_config_matches():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="positional argument"):
         KLAutoencoder(4, 4)  # the constructor takes keywords only
     config = AutoencoderConfig(**TINY, kl_weight=0.5, learning_rate=1.0)
     torch.manual_seed(0)

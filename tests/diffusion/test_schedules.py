@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -43,10 +44,15 @@ def test_alphas_cumprod_closed_form_for_constant_beta():
 
 
 @pytest.mark.parametrize(
-    "args", [("sigmoid", 10, 1e-4, 0.02), ("linear", 1, 1e-4, 0.02), ("linear", 10, 0.02, 1e-4)]
+    "args,message",
+    [
+        (("sigmoid", 10, 1e-4, 0.02), "unknown beta schedule 'sigmoid'"),
+        (("linear", 1, 1e-4, 0.02), "num_timesteps must be at least 2, got 1"),
+        (("linear", 10, 0.02, 1e-4), "need 0 < linear_start < linear_end < 1, got 0.02, 0.0001"),
+    ],
 )
-def test_bad_schedule_arguments_raise(args):
-    with pytest.raises(ValueError):
+def test_bad_schedule_arguments_raise(args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         make_betas(*args)
 
 

@@ -32,7 +32,7 @@ def test_scale_one_is_conditional_and_zero_unconditional(scale, expected):
 
 
 def test_negative_scale_raises():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="guidance scale must be >= 0, got -1.0"):
         CFGDenoiser(Linear(), -1.0)
 
 

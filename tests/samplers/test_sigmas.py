@@ -58,9 +58,16 @@ def test_discrete_sigmas_descend_to_zero():
     )
 
 
-@pytest.mark.parametrize("steps,spacing", [(0, "trailing"), (1001, "trailing"), (10, "karras")])
-def test_bad_arguments(steps, spacing):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "steps,spacing,message",
+    [
+        (0, "trailing", "steps must be between 1 and 1000, got 0"),
+        (1001, "trailing", "steps must be between 1 and 1000, got 1001"),
+        (10, "karras", "unknown timestep spacing 'karras'"),
+    ],
+)
+def test_bad_arguments(steps, spacing, message):
+    with pytest.raises(ValueError, match=message):
         discrete_timesteps(1000, steps, spacing)
 
 

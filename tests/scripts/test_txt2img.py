@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 
 from tests.conftest import run_cli
 
@@ -70,6 +71,12 @@ def test_eval_cli_reports_accuracies(debug_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     saved = json.loads(out.read_text())
-    assert summary["n"] == saved["n"] == 18
-    assert 0.0 <= summary["color_accuracy"] <= 1.0 and summary["sampler"]["steps"] == 2
-    assert (tmp_path / "g.png").is_file()
+    assert summary["n"] == saved["n"] == 18 and summary["sampler"]["steps"] == 2
+    # One image per prompt: each prompt's accuracy is 0 or 1, and the overall one is their mean.
+    per_prompt = saved["per_prompt"].values()
+    assert [entry["n"] for entry in per_prompt] == [1] * 18
+    for key in ("color_accuracy", "shape_accuracy"):
+        assert {entry[key] for entry in per_prompt} <= {0.0, 1.0}
+        assert summary[key] == saved[key] == pytest.approx(sum(entry[key] for entry in per_prompt) / 18)
+    with Image.open(tmp_path / "g.png") as grid:
+        assert grid.size == (1 * 33 + 1, 18 * 33 + 1)  # 18 rows of one 32 px sample, 1 px padding

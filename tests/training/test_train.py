@@ -6,8 +6,10 @@ import pytest
 import torch
 import yaml
 
+from ldm.diffusion.latent_diffusion import LatentDiffusion
+from ldm.flops import FlopCount
 from ldm.weights.checkpoint import read_checkpoint
-from tests.conftest import run_cli, train_on_debug_data
+from tests.conftest import pooled_std, run_cli, train_on_debug_data
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +26,13 @@ def test_debug_run_writes_both_stages(debug_run):
             assert torch.equal(ldm["state_dict"]["first_stage_model." + key[len("autoencoder.") :]], value)
     assert any(k.startswith("model.diffusion_model.input_blocks.") for k in ldm["state_dict"])
     assert any(k.startswith("cond_stage_model.model.transformer.") for k in ldm["state_dict"])
-    scale = ldm["state_dict"]["scale_factor"].item()
-    assert scale > 0 and scale != 1.0  # estimated from the data, not left at the default
+    # Stage 2's scale factor is stage 1's 1 / std of all latent elements, measured on the 32 validation
+    # images (4 channels of 16 x 16 at f = 2): the std pooled from the stored per-channel statistics.
+    stats = ae["latent_stats"]
+    assert stats["num_images"] == 32 and len(stats["mean"]) == len(stats["std"]) == 4
+    pooled = pooled_std(stats["mean"], stats["std"], n=32 * 16 * 16)
+    assert stats["scale_factor"] == pytest.approx(1 / pooled, rel=1e-5)
+    assert ldm["state_dict"]["scale_factor"].item() == pytest.approx(stats["scale_factor"], rel=1e-6)
     config = yaml.safe_load((debug_run / "config.yaml").read_text())
     assert config["diffusion"]["max_steps"] == 4 and config["denoiser"]["model_channels"] == 32
     assert (debug_run / "images" / "samples-step000004.png").is_file()
@@ -33,8 +40,19 @@ def test_debug_run_writes_both_stages(debug_run):
     rows = list(csv.DictReader(open(debug_run / "logs" / "diffusion" / "metrics.csv")))
     assert any(r.get("val/loss") for r in rows)
     rates = [r for r in rows if r.get("train/device/samples_per_sec")]  # a window of 2 batches
-    assert rates and float(rates[-1]["train/device/samples_per_sec"]) > 0
-    assert float(rates[-1]["train/device/flops_per_sec"]) > 0
+    assert [int(r["step"]) for r in rates] == [1, 2, 3]  # from the window's second batch on
+    batch_size = config["diffusion"]["batch_size"]
+    assert batch_size == 32
+    # The rates of one window: samples = batches x 32; FLOPs = batches x those of one training step
+    # (frozen encoders' forward, U-Net forward and backward), counted here on the same networks.
+    model = LatentDiffusion.from_hparams(ldm["hyper_parameters"]).train()
+    batch = {"image": torch.rand(batch_size, 3, 32, 32) * 2 - 1, "caption": ["a red circle"] * batch_size}
+    with FlopCount() as step:
+        model.loss(batch, train=True).backward()
+    for r in rates:
+        batches_per_sec = float(r["train/device/batches_per_sec"])
+        assert float(r["train/device/samples_per_sec"]) == pytest.approx(batch_size * batches_per_sec)
+        assert float(r["train/device/flops_per_sec"]) == pytest.approx(step.total * batches_per_sec)
 
 
 def test_txt2img_on_the_trained_checkpoint(debug_run, tmp_path):

@@ -2,7 +2,7 @@
 # Stage-2 seconds per step, encoding 64x64 shapes images on the fly vs training from cached latents
 # (and from cached latents and text embeddings).
 #
-#   scripts/bench_cached_latents.sh RUN/autoencoder/checkpoints/last.ckpt [OUT]
+#   benchmarks/bench_cached_latents.sh RUN/autoencoder/checkpoints/last.ckpt [OUT]
 #
 # Caches the latents and text-encoder states of a shapes set at 64x64 (N_TRAIN 4000 + N_VAL 256
 # images) with that autoencoder and the default config's text encoder, then runs

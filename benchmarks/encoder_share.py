@@ -1,8 +1,8 @@
 """What caching latents can save: the frozen encoder's FLOPs against the U-Net's training step, per image.
 
-    python scripts/encoder_share.py --resolutions 64 256 512                 # SD 2 base networks
-    python scripts/encoder_share.py --resolutions 32 64 -- experiment=shapes  # the shapes preset
-    python scripts/encoder_share.py --resolutions 64 --time --batch-size 8      # and seconds, SD 2 base
+    python benchmarks/encoder_share.py --resolutions 64 256 512                 # SD 2 base networks
+    python benchmarks/encoder_share.py --resolutions 32 64 -- experiment=shapes  # the shapes preset
+    python benchmarks/encoder_share.py --resolutions 64 --time --batch-size 8      # and seconds, SD 2 base
 
 Composes the training config (Hydra overrides after ``--``), builds its autoencoder and U-Net with
 fake tensors (shapes without data: no memory, no arithmetic) and counts with torch's FLOP formulas

@@ -1,7 +1,7 @@
 """Seconds per AdamW step over a config's U-Net: the per-parameter loop, ``foreach`` and ``fused``.
 
-    python scripts/bench_optimizer.py -- experiment=shapes      # the shapes preset's 3.9M-parameter U-Net
-    python scripts/bench_optimizer.py -- experiment=sd2_base    # SD 2 base's 866M (needs ~18 GB of memory)
+    python benchmarks/bench_optimizer.py -- experiment=shapes      # the shapes preset's 3.9M-parameter U-Net
+    python benchmarks/bench_optimizer.py -- experiment=sd2_base    # SD 2 base's 866M (needs ~18 GB of memory)
 
 Composes the training config (Hydra overrides after ``--``), builds its U-Net on this machine's
 default device, gives every parameter a fixed random gradient and times ``optimizer.step()`` of

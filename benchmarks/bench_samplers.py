@@ -1,6 +1,6 @@
 """Score every sampler on the shapes evaluator at several step counts, with wall time: a Markdown table.
 
-    python scripts/bench_samplers.py --ckpt RUN/checkpoints/last.ckpt --steps 10 20 50 --out bench.json
+    python benchmarks/bench_samplers.py --ckpt RUN/checkpoints/last.ckpt --steps 10 20 50 --out bench.json
 
 Each row is ``python -m ldm.eval --ckpt CKPT --sampler NAME --steps N`` (the same function, seeds
 and batches: 18 prompts x --n_per_prompt images), timed around the whole evaluation (text

@@ -1,6 +1,6 @@
 """Data pipeline throughput: the training stream against a bare PIL decode loop, same JPEGs, same workers.
 
-    python scripts/bench_data.py --resolutions 64 256 --workers 2 --out data-bench.json
+    python benchmarks/bench_data.py --resolutions 64 256 --workers 2 --out data-bench.json
 
 Writes (once, into --root) shards of synthetic photo-like JPEGs with LAION-like sizes (short side
 256-768 px, aspect 3:4 to 16:9, quality 90), then times, per resolution and worker count:
