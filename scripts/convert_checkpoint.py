@@ -4,6 +4,13 @@
     # cond_stage_model.model.*, scale_factor; the EMA U-Net when the run kept one (--no-ema: the raw one)
     python scripts/convert_checkpoint.py to-sd --ckpt outputs/<run>/checkpoints/last.ckpt --out model.safetensors
 
+    # An SD file does not record the architecture, so beside it (unless --no-configs) come
+    #   model.yaml                       LDM/SD's inference config (v2-inference.yaml's layout)
+    #   model-diffusers/unet/config.json, vae/config.json, scheduler/scheduler_config.json
+    # each only where every setting can be stated (else a warning names the one that cannot: LDM's
+    # yaml has no GroupNorm groups, so the tiny presets' 8-group autoencoder gets no model.yaml).
+    # diffusers: AutoencoderKL.from_single_file(FILE, config="model-diffusers", subfolder="vae")
+
     # SD -> ldm, given the architecture (an SD file does not record it): then txt2img.py --ckpt sd2.ckpt
     python scripts/convert_checkpoint.py from-sd --sd v2-1_512-ema-pruned.safetensors --arch sd2 --out sd2.ckpt
 
@@ -19,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ldm.weights.checkpoint import CheckpointError, read_checkpoint
-from ldm.weights.io import read_tensors, write_tensors, write_torch_file
-from ldm.weights.sd import ldm_checkpoint_from_sd, sd_architectures, sd_state_dict_from_ldm
+from ldm.weights.checkpoint import CheckpointError
+from ldm.weights.export import export_sd
+from ldm.weights.io import read_tensors, write_torch_file
+from ldm.weights.sd import ldm_checkpoint_from_sd, sd_architectures
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -36,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     to_sd.add_argument("--out", required=True, help="output file: .safetensors, or .ckpt for a torch file")
     to_sd.add_argument("--no-ema", action="store_true", help="export the raw U-Net even if an EMA was kept")
     to_sd.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast floating tensors")
+    to_sd.add_argument(
+        "--no-configs",
+        action="store_true",
+        help="write the single file only, without <stem>.yaml and <stem>-diffusers/ (the architecture)",
+    )
     presets = sd_architectures()
     from_sd = sub.add_parser("from-sd", help="SD single file -> ldm stage-2 checkpoint")
     from_sd.add_argument("--sd", required=True, help="SD checkpoint (.safetensors or .ckpt)")
@@ -56,14 +69,8 @@ def convert(args: argparse.Namespace) -> Path:
     """Run the conversion that `args` describes; returns the file written."""
     out = Path(args.out)
     if args.direction == "to-sd":
-        state = sd_state_dict_from_ldm(
-            read_checkpoint(args.ckpt, expected_stage="diffusion"), not args.no_ema
-        )
-        if args.dtype:
-            dtype = DTYPES[args.dtype]
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        write_tensors(state, out)
-        log.info("wrote %d tensors in SD's layout to %s", len(state), out)
+        dtype = DTYPES[args.dtype] if args.dtype else None
+        export_sd(args.ckpt, out, use_ema=not args.no_ema, dtype=dtype, configs=not args.no_configs)
         return out
     if out.suffix == ".safetensors":
         raise ValueError("an ldm checkpoint is a torch file with its config: give --out NAME.ckpt")

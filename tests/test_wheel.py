@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ldm.checkpoint import read_checkpoint
+from ldm.weights.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -27,6 +27,15 @@ def test_round_trip_through_the_command_line(debug_run, tmp_path):
     state, original = load_file(str(sd)), read_checkpoint(ckpt)["state_dict"]
     assert state.keys() == original.keys()  # the same SD layout, nothing added or lost
     assert all(torch.equal(state[k], original[k]) for k in state)
+    # The architecture beside it: diffusers configs (8 GroupNorm groups stated), no LDM yaml (it cannot
+    # state them), and the reason on stderr.
+    configs = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and p != sd)
+    assert configs == [
+        "debug-diffusers/scheduler/scheduler_config.json",
+        "debug-diffusers/unet/config.json",
+        "debug-diffusers/vae/config.json",
+    ]
+    assert "no debug.yaml written" in result.stderr and "autoencoder.norm_groups=8" in result.stderr
 
     back = tmp_path / "back.ckpt"
     args = ["from-sd", "--sd", str(sd), "--arch", str(debug_run / "config.yaml"), "--out", str(back)]
@@ -44,10 +53,9 @@ def test_round_trip_through_the_command_line(debug_run, tmp_path):
 def test_an_sd_file_starts_a_fine_tuning_run(debug_run, tmp_path):
     ckpt = debug_run / "checkpoints" / "last.ckpt"
     sd = tmp_path / "init.safetensors"
-    assert (
-        run_cli(["scripts/convert_checkpoint.py", "to-sd", "--ckpt", str(ckpt), "--out", str(sd)]).returncode
-        == 0
-    )
+    args = ["scripts/convert_checkpoint.py", "to-sd", "--ckpt", str(ckpt), "--out", str(sd), "--no-configs"]
+    assert run_cli(args).returncode == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["init.safetensors"]  # --no-configs: the weights only
     run_dir = tmp_path / "run"
     result = train_on_debug_data(debug_run, run_dir, f"diffusion.init_from={sd}", "diffusion.max_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]
