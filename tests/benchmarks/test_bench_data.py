@@ -53,8 +53,8 @@ def read_jpegs(url: str) -> list[bytes]:
         return [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
 
 
-def test_jpeg_shards_are_reused_while_the_manifest_matches(tmp_path, load_script):
-    bench = load_script("bench_data")
+def test_jpeg_shards_are_reused_while_the_manifest_matches(tmp_path, load_benchmark):
+    bench = load_benchmark("bench_data")
     urls = bench.write_jpeg_shards(tmp_path, 5, 2, seed=1)
     assert [url.rsplit("/", 1)[-1] for url in urls] == ["000000.tar", "000001.tar", "000002.tar"]
     first, mtimes = read_jpegs(urls[0]), [Path(url).stat().st_mtime_ns for url in urls]
