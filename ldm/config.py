@@ -315,9 +315,15 @@ class TrainerConfig:
     accelerator: str = "auto"
     """cpu, gpu or auto."""
     devices: Any = "auto"
-    """Devices per node."""
+    """Devices (processes) per node."""
     num_nodes: int = 1
     """Nodes."""
+    strategy: str = "auto"
+    """auto (DDP when there is more than one process), ddp, or fsdp (U-Net blocks sharded; see fsdp_sharding)."""
+    fsdp_sharding: str = "full"
+    """fsdp: full (parameters, gradients and optimizer state sharded) or grad_op (gradients and optimizer state)."""
+    accumulate_grad_batches: int = 1
+    """Stage 2: batches whose gradients are summed before each optimizer step (stage 1 steps every batch)."""
     precision: str = "auto"
     """Lightning precision string; auto: bf16-mixed where CUDA supports bf16, else 32-true."""
     log_every_n_steps: int = 25

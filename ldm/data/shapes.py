@@ -416,6 +416,13 @@ def _note_reuse(folder: Path, manifest: dict, samples_per_shard: int) -> None:
         logger.debug("reusing the shapes set at %s", folder)
 
 
+def existing_shapes_dataset(cfg: DataConfig) -> ShapesShards | None:
+    """The shapes set of a data config if a complete copy is on disk, else None (nothing is written)."""
+    folder = Path(cfg.root).resolve() / f"{cfg.resolution}px-seed{cfg.seed}-n{cfg.num_train}-{cfg.num_val}"
+    manifest = _read_manifest(folder)
+    return _shards_of(folder, manifest) if manifest is not None else None
+
+
 def ensure_shapes_dataset(cfg: DataConfig) -> ShapesShards:
     """The shapes set described by a data config, generated on first use."""
     return write_shapes_dataset(

@@ -114,6 +114,8 @@ class ShardDataModule(pl.LightningDataModule):
         """
         self.train_dataset.batch_size = self.batch_size  # resampled mode yields whole batches
         world_size = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        log_rank_shards(self.train_dataset, rank, world_size, self.num_workers)
         restored, self._restored = self._restored, None
         self.resuming = restored is not None
         counts = restored.get("counts", {}) if restored else {}
@@ -210,4 +212,20 @@ def build_datamodule(cfg: DataConfig) -> ShardDataModule:
         jpeg_draft=cfg.jpeg_draft,
         decoders=decoders,
         url_weights=url_weights,
+    )
+
+
+def log_rank_shards(stream: ShardStream, rank: int, world_size: int, num_workers: int) -> None:
+    """One line per rank: the world size and which training shards this rank reads."""
+    urls = stream.urls if stream.resampled or not stream.split_nodes else stream.urls[rank::world_size]
+    how = "drawn with replacement from" if stream.resampled else "split over"
+    logger.info(
+        "rank %d of %d: %d training shards (%s ... %s) %s %d DataLoader worker(s)",
+        rank,
+        world_size,
+        len(urls),
+        urls[0] if urls else "-",
+        urls[-1] if urls else "-",
+        how,
+        max(1, num_workers),
     )

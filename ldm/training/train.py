@@ -41,11 +41,13 @@ from ldm.training.checkpoint_io import StreamingCheckpointIO
 from ldm.training.config_store import register_configs
 from ldm.training.datamodule import build_datamodule
 from ldm.training.diffusion_module import LatentDiffusionModule
+from ldm.training.distributed import global_rank, prepare_data
 from ldm.training.nonfinite import NonFiniteGuard
 from ldm.training.precision import resolve_precision
 from ldm.training.preemption import PREEMPTED_EXIT_CODE, STOP, Preempted
 from ldm.training.run_checkpoints import RunCheckpoints, newest_checkpoint
 from ldm.training.step_seed import StepSeed
+from ldm.training.strategy import build_strategy, cluster_plugins
 from ldm.training.throughput import throughput_callbacks
 from ldm.training.validate import LOGGERS, check_config
 from ldm.weights.checkpoint import autoencoder_weights, read_checkpoint
@@ -74,10 +76,16 @@ def stage_dir(run_dir: Path, stage: str) -> Path:
 
 
 def build_trainer(
-    config: TrainConfig, run_dir: Path, stage: str, max_steps: int, callbacks: list
+    config: TrainConfig,
+    run_dir: Path,
+    stage: str,
+    max_steps: int,
+    callbacks: list,
+    module: Optional[pl.LightningModule] = None,
 ) -> pl.Trainer:
-    """A Lightning Trainer for one stage."""
+    """A Lightning Trainer for one stage (of `module`, which the strategy may need to see)."""
     t = config.trainer
+    precision = resolve_precision(t.precision, t.accelerator)
     root_dir = stage_dir(run_dir, stage)
     checkpoints = root_dir / "checkpoints"
     extra = [
@@ -95,7 +103,9 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision, t.accelerator),
+        precision=precision,
+        strategy=build_strategy(t, module, precision) if module is not None else "auto",
+        accumulate_grad_batches=1 if stage == "autoencoder" else t.accumulate_grad_batches,
         logger=build_logger(config.logger, run_dir, stage),
         callbacks=[checkpointing, *extra, *callbacks],
         log_every_n_steps=t.log_every_n_steps,
@@ -106,7 +116,7 @@ def build_trainer(
         gradient_clip_val=None if stage == "autoencoder" else t.gradient_clip_val,  # stage 1 clips itself
         enable_progress_bar=t.enable_progress_bar,
         enable_checkpointing=False,  # RunCheckpoints writes them
-        plugins=[StreamingCheckpointIO()],
+        plugins=[StreamingCheckpointIO(), *cluster_plugins()],
     )
 
 
@@ -138,7 +148,7 @@ def train_autoencoder(
         ae_config = autoencoder_config(config, resume.hparams["autoencoder"], resume.path)
     module = AutoencoderModule(ae_config, gradient_clip_val=config.trainer.gradient_clip_val)
     datamodule.batch_size = config.autoencoder.batch_size or config.data.batch_size
-    trainer = build_trainer(config, run_dir, "autoencoder", config.autoencoder.max_steps, [])
+    trainer = build_trainer(config, run_dir, "autoencoder", config.autoencoder.max_steps, [], module)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
     path = root / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
@@ -291,7 +301,7 @@ def fit_diffusion(
     callbacks: list[pl.Callback] = [grids]
     if config.data.cached_text and resume is not None:
         callbacks.append(CachedTextCheck(shard_urls(config.data)[0]))
-    trainer = build_trainer(config, run_dir, "diffusion", config.diffusion.max_steps, callbacks)
+    trainer = build_trainer(config, run_dir, "diffusion", config.diffusion.max_steps, callbacks, module)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     path = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
@@ -335,6 +345,7 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         torch.set_float32_matmul_precision("high")
     pl.seed_everything(config.seed, workers=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data(config.data)  # the shapes set: written by rank 0, awaited by the others
     datamodule = build_datamodule(config.data)
     written: dict[str, Optional[Path]] = {"autoencoder": None, "diffusion": None}
     autoencoder_ckpt = config.autoencoder.ckpt_path
@@ -364,7 +375,8 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
 def main(cfg: DictConfig) -> None:
     config: TrainConfig = OmegaConf.to_object(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if global_rank() == 0:  # one writer per job
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         run(config, run_dir)
     except Preempted as e:

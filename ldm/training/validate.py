@@ -30,6 +30,8 @@ from ldm.samplers.sigmas import SCHEDULES, SPACINGS
 from ldm.training.throughput import check_window
 
 STAGES = ("all", "autoencoder", "diffusion")
+STRATEGIES = ("auto", "ddp", "fsdp")
+FSDP_SHARDINGS = ("full", "grad_op")
 LOGGERS = ("csv", "wandb")
 PRECISIONS = ("auto", *typing.get_args(_PRECISION_INPUT_STR))
 """``auto`` (ours) and the precision strings Lightning accepts."""
@@ -125,6 +127,10 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     if data.resolution % f:
         _fail("data.resolution", f"must be divisible by the autoencoder's factor {f}", data.resolution)
     _one_of("trainer.precision", config.trainer.precision, PRECISIONS)
+    _one_of("trainer.strategy", config.trainer.strategy, STRATEGIES)
+    _one_of("trainer.fsdp_sharding", config.trainer.fsdp_sharding, FSDP_SHARDINGS)
+    _at_least("trainer.accumulate_grad_batches", config.trainer.accumulate_grad_batches, 1)
+    _at_least("trainer.num_nodes", config.trainer.num_nodes, 1)
     _at_least("trainer.checkpoint_every_n_steps", config.trainer.checkpoint_every_n_steps, 1)
     _positive("trainer.checkpoint_every_n_minutes", config.trainer.checkpoint_every_n_minutes, optional=True)
     _at_least("trainer.keep_last", config.trainer.keep_last, 1)
