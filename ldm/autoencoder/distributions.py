@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from ldm.samplers.noise import Generators, randn_like
+
 LOGVAR_MIN = -30.0
 """Lower clamp of the predicted log-variance (as LDM), keeps exp(logvar) from underflowing."""
 LOGVAR_MAX = 20.0
@@ -46,12 +48,10 @@ class DiagonalGaussianDistribution:
     def _sum_dims(self) -> list[int]:
         return list(range(1, self.mean.ndim))
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """Draw z = mean + std * eps with eps ~ N(0, I) (the reparameterisation trick)."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * eps
+    def sample(self, generator: Generators = None) -> Tensor:
+        """Draw z = mean + std * eps with eps ~ N(0, I) (the reparameterisation trick); `generator`:
+        None (the global one), one for the batch, or one per sample (``ldm.samplers.noise``)."""
+        return self.mean + self.std * randn_like(self.mean, generator)
 
     def mode(self) -> Tensor:
         """The most likely latent, i.e. the mean."""

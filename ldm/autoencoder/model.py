@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ldm.autoencoder.distributions import DiagonalGaussianDistribution
 from ldm.config import AutoencoderConfig
+from ldm.samplers.noise import Generators
 
 NUM_GROUPS = 32
 """GroupNorm groups throughout the autoencoder (LDM/SD's value, the default)."""
@@ -392,7 +393,7 @@ class KLAutoencoder(nn.Module):
             return torch.func.functional_call(self.decoder, _sub(params, "decoder."), (h,)).to(out_dtype)
 
     def forward(
-        self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+        self, x: Tensor, sample_posterior: bool = True, generator: Generators = None
     ) -> tuple[Tensor, DiagonalGaussianDistribution]:
         """Reconstruct ``x`` through a sampled latent (or the posterior mode); return it and the posterior."""
         posterior = self.encode(x)

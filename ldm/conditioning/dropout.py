@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from ldm.samplers.noise import Generators
+
 
 def check_dropout(probability: float) -> None:
     """Raise unless `probability` is in [0, 1) (1 would never train the conditional model)."""
@@ -19,14 +21,19 @@ def check_dropout(probability: float) -> None:
         raise ValueError(f"caption_dropout must be in [0, 1), got {probability}")
 
 
-def kept_captions(n: int, probability: float) -> Optional[torch.Tensor]:
-    """Which of `n` captions to keep (bool, [n]): each is dropped with `probability`; None when 0.
-
-    Draws from torch's global generator, one uniform number per caption.
-    """
+def kept_captions(n: int, probability: float, generator: Generators = None) -> Optional[torch.Tensor]:
+    """Which of `n` captions to keep (bool, [n], on the CPU): each is dropped with `probability`;
+    None when 0. One uniform number per caption, from torch's global generator, one generator for
+    all, or one generator per caption."""
     if probability <= 0:
         return None
-    return torch.rand(n) >= probability
+    if generator is None or isinstance(generator, torch.Generator):
+        device = "cpu" if generator is None else generator.device
+        return (torch.rand(n, generator=generator, device=device) >= probability).cpu()
+    if len(generator) != n:
+        raise ValueError(f"got {len(generator)} generators for {n} captions")
+    draws = torch.stack([torch.rand((), generator=g, device=g.device).cpu() for g in generator])
+    return draws >= probability
 
 
 def drop_captions(captions: Sequence[str], keep: Optional[torch.Tensor]) -> list[str]:

@@ -34,6 +34,7 @@ from ldm.diffusion.objective import DiffusionObjective
 from ldm.diffusion.parametrization import DiscreteDenoiser
 from ldm.diffusion.schedules import alphas_cumprod_from_config
 from ldm.optim import check_lr_schedule
+from ldm.samplers.noise import Generators
 
 
 class LatentDiffusion(nn.Module):
@@ -146,10 +147,12 @@ class LatentDiffusion(nn.Module):
             return DiagonalGaussianDistribution(batch["moments"].float())
         return self.first_stage_model.encode(batch["image"])
 
-    def latents_of(self, batch: dict[str, Any], *, sample: bool) -> torch.Tensor:
+    def latents_of(
+        self, batch: dict[str, Any], *, sample: bool, generator: Generators = None
+    ) -> torch.Tensor:
         """Scaled latents of a batch: a fresh posterior sample (training) or the posterior mean."""
         posterior = self.posterior_of(batch)
-        return (posterior.sample() if sample else posterior.mode()) * self.scale_factor
+        return (posterior.sample(generator) if sample else posterior.mode()) * self.scale_factor
 
     def empty_context(self) -> torch.Tensor:
         """The frozen text encoder's states of the empty prompt, 1 x T x D (computed once per device)."""
@@ -161,11 +164,11 @@ class LatentDiffusion(nn.Module):
                 self._empty_context = self.cond_stage_model([""])
         return self._empty_context
 
-    def context_of(self, batch: dict[str, Any], *, drop: bool) -> torch.Tensor:
+    def context_of(self, batch: dict[str, Any], *, drop: bool, generator: Generators = None) -> torch.Tensor:
         """Per-token text states of a batch's captions, B x T x D: its cached ``context`` or the text
         encoder's; with `drop`, some are the empty prompt's (the same draws either way)."""
         captions = list(batch["caption"])
-        keep = kept_captions(len(captions), self.caption_dropout) if drop else None
+        keep = kept_captions(len(captions), self.caption_dropout, generator) if drop else None
         if "context" not in batch:
             return self.cond_stage_model(drop_captions(captions, keep))
         context = batch["context"].float()
@@ -173,11 +176,11 @@ class LatentDiffusion(nn.Module):
             return context
         return drop_contexts(context, keep, self.empty_context())
 
-    def loss(
-        self, batch: dict[str, Any], *, train: bool, generator: Optional[torch.Generator] = None
-    ) -> torch.Tensor:
+    def loss(self, batch: dict[str, Any], *, train: bool, generator: Generators = None) -> torch.Tensor:
         """The denoising loss of a batch: fresh posterior samples and caption dropout when `train`,
-        posterior means and all captions otherwise."""
-        z = self.latents_of(batch, sample=train)
-        context = self.context_of(batch, drop=train)
+        posterior means and all captions otherwise. Random draws come from `generator`: None (the
+        global one), one for the batch, or one per sample (which makes each sample's draws
+        independent of the batch it is in: the same on 1 process with batch 2B as on 2 with B)."""
+        z = self.latents_of(batch, sample=train, generator=generator)
+        context = self.context_of(batch, drop=train, generator=generator)
         return self.objective(self.model.diffusion_model, z, context, generator=generator)

@@ -9,8 +9,6 @@ mean brightness.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +16,7 @@ from torch import nn
 from ldm.diffusion.parametrization import check_parameterization
 from ldm.diffusion.schedules import snr_from_alphas_cumprod
 from ldm.diffusion.weighting import check_loss_weighting, loss_weights
+from ldm.samplers.noise import Generators, randn_like
 
 
 def q_sample(z0: torch.Tensor, alphas_cumprod_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -41,16 +40,27 @@ def training_target(
     raise AssertionError("unreachable")
 
 
-def sample_noise(
-    z0: torch.Tensor, offset_noise: float = 0.0, generator: Optional[torch.Generator] = None
-) -> torch.Tensor:
+def sample_noise(z0: torch.Tensor, offset_noise: float = 0.0, generator: Generators = None) -> torch.Tensor:
     """N(0, I) shaped like z0, plus offset_noise * N(0, 1) per sample and channel when offset_noise > 0."""
-    noise = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
+    noise = randn_like(z0, generator)
     if offset_noise > 0:
-        b, c = z0.shape[:2]
-        offset = torch.randn((b, c, 1, 1), device=z0.device, dtype=z0.dtype, generator=generator)
-        noise = noise + offset_noise * offset  # [B, C, 1, 1] broadcast over H, W
+        offset = randn_like(z0[:, :, :1, :1], generator)  # [B, C, 1, 1], broadcast over H, W
+        noise = noise + offset_noise * offset
     return noise
+
+
+def sample_timesteps(
+    n: int, num_timesteps: int, device: torch.device, generator: Generators = None
+) -> torch.Tensor:
+    """t ~ U{0, ..., num_timesteps - 1} for n samples (one generator for all, or one per sample), on `device`."""
+    if generator is None or isinstance(generator, torch.Generator):
+        where = device if generator is None else generator.device
+        return torch.randint(0, num_timesteps, (n,), device=where, generator=generator).to(device)
+    if len(generator) != n:
+        raise ValueError(f"got {len(generator)} generators for a batch of {n} samples")
+    return torch.stack(
+        [torch.randint(0, num_timesteps, (), device=g.device, generator=g) for g in generator]
+    ).to(device)
 
 
 class DiffusionObjective(nn.Module):
@@ -90,11 +100,11 @@ class DiffusionObjective(nn.Module):
         network: nn.Module,
         z0: torch.Tensor,
         context: torch.Tensor,
-        generator: Optional[torch.Generator] = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
-        """Mean (weighted) squared error of network(z_t, t, context) against the target, t ~ U{0..T-1}."""
-        b = z0.shape[0]
-        t = torch.randint(0, self.num_timesteps, (b,), device=z0.device, generator=generator)
+        """Mean (weighted) squared error of network(z_t, t, context) against the target, t ~ U{0..T-1};
+        `generator`: None (the global one), one for the batch, or one per sample."""
+        t = sample_timesteps(z0.shape[0], self.num_timesteps, z0.device, generator)
         noise = sample_noise(z0, self.offset_noise, generator)
         a_t = self.alphas_cumprod[t]
         z_t = q_sample(z0, a_t, noise)

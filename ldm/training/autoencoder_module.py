@@ -32,6 +32,7 @@ from ldm.data.decode import model_inputs
 from ldm.optim import adam
 from ldm.training.nonfinite import skip_if_nonfinite
 from ldm.training.precision import fused_allowed
+from ldm.training.step_seed import sample_generators
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ STAGE = "autoencoder"
 """Value of ``checkpoint["ldm_stage"]`` in checkpoints written by this module."""
 MAX_IMAGES = 8
 """Inputs (and their reconstructions) in the validation image grid."""
+
+
 def to_unit_range(images: Tensor) -> Tensor:
     """Map images from [-1, 1] to [0, 1], clamping what falls outside."""
     return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -85,6 +88,7 @@ class AutoencoderModule(pl.LightningModule):
         if config.latent_stats_batches < 0:
             raise ValueError(f"latent_stats_batches must be >= 0, got {config.latent_stats_batches}")
         self.latent_stats: Optional[dict[str, Any]] = None
+        self.seed = 0  # the run's seed (train.py sets it): per-sample draws come from (seed, step, sample)
         self._fid: list[Any] = []  # torchmetrics FID, kept out of the state dict
         # Plain dicts, lists and numbers only, so checkpoints load with weights_only=True.
         self.save_hyperparameters({"autoencoder": dataclasses.asdict(config)})
@@ -101,7 +105,10 @@ class AutoencoderModule(pl.LightningModule):
         opt_ae, opt_disc = optimizers if isinstance(optimizers, list) else (optimizers, None)
         x = batch["image"]
         step = self.global_step
-        reconstructions, posterior = self.autoencoder(x, sample_posterior=True)
+        generators = None  # the global generator when stepped by hand, without a Trainer
+        if self._trainer is not None:
+            generators = sample_generators(self.trainer, self.seed, x.shape[0], batch_idx, self.device)
+        reconstructions, posterior = self.autoencoder(x, sample_posterior=True, generator=generators)
         loss, log = self.loss.generator_loss(x, reconstructions, posterior, self.autoencoder.last_layer, step)
         self.loss_terms = {f"train/{k}": v for k, v in log.items()}  # named in NonFiniteGuard's warning
         opt_ae.zero_grad()

@@ -19,6 +19,7 @@ import torch
 from ldm.diffusion.latent_diffusion import LatentDiffusion
 from ldm.optim import adamw, lr_multiplier
 from ldm.training.precision import fused_allowed
+from ldm.training.step_seed import sample_generators
 
 STAGE = "diffusion"
 """Value of ``checkpoint["ldm_stage"]`` in checkpoints written by this module."""
@@ -32,10 +33,16 @@ class LatentDiffusionModule(LatentDiffusion, pl.LightningModule):
         self.save_hyperparameters(self.checkpoint_hparams)
         self._validation_weights = contextlib.ExitStack()
         self.step_skipped = False  # set by NonFiniteGuard: no EMA update after a skipped step
+        self.seed = 0  # the run's seed (train.py sets it): per-sample draws come from (seed, step, sample)
         self.loss_terms: dict[str, torch.Tensor] = {}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch, train=True)
+        generators = None  # the global generator when stepped by hand, without a Trainer
+        if self._trainer is not None:
+            generators = sample_generators(
+                self.trainer, self.seed, len(batch["caption"]), batch_idx, self.device
+            )
+        loss = self.loss(batch, train=True, generator=generators)
         self.loss_terms = {"train/loss": loss.detach()}
         self.log("train/loss", loss, prog_bar=True)
         return loss
