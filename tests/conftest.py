@@ -61,6 +61,18 @@ def save_tiny_autoencoder(path: Path, config: AutoencoderConfig, seed: int) -> K
     return model
 
 
+def save_tiny_latent_diffusion(path: Path, seed: int) -> Path:
+    """A randomly initialised tiny LatentDiffusion (`tiny_module_configs`) saved as a stage-2 checkpoint."""
+    from ldm.diffusion.latent_diffusion import LatentDiffusion
+
+    torch.manual_seed(seed)
+    module = LatentDiffusion(**tiny_module_configs())
+    torch.nn.init.normal_(module.model.diffusion_model.out[2].weight, std=0.05)  # not zero: images vary
+    state = {"ldm_stage": "diffusion", "state_dict": module.state_dict()}
+    torch.save({**state, "hyper_parameters": module.checkpoint_hparams}, path)
+    return path
+
+
 def pooled_std(means: list[float], stds: list[float], n: int) -> float:
     """The (unbiased) std of all len(means) x n values, from each group's mean and unbiased std over n values.
 

@@ -7,22 +7,21 @@ JSON; --out also writes them to a file and --grid saves all samples (one row per
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from torchvision.utils import save_image
 
+from ldm.cli import command_parser, run_command
 from ldm.eval.evaluate import evaluate_shapes
 from ldm.pipeline import Text2Image
 from ldm.samplers.presets import sampler_preset
-from ldm.weights.checkpoint import CheckpointError
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m ldm.eval", description=__doc__)
+def run(argv: list[str] | None = None) -> dict:
+    """Parse the flags, evaluate, print the summary; returns the full result (raises on bad input)."""
+    p = command_parser("python -m ldm.eval", __doc__)
     p.add_argument("--ckpt", required=True, help="stage-2 checkpoint")
     p.add_argument("--n_per_prompt", type=int, default=8, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0, help="sample j of each prompt uses seed + j")
@@ -55,9 +54,10 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``python -m ldm.eval`` / ``ldm-eval`` command."""
+    run_command(run, argv)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        main()
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    main()

@@ -15,7 +15,6 @@ stage 2 trains the U-Net on the frozen autoencoder's latents. ``stage=autoencode
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from ldm.autoencoder.latent_stats import stored_scale_factor
-from ldm.conditioning.text import check_pretrained_available, without_pretrained
+from ldm.cli import FULL_ERROR_VARIABLES, user_errors
+from ldm.conditioning.text import check_pretrained_available
 from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, architecture_fields
 from ldm.data.decode import model_inputs
 from ldm.data.latents import check_cache_autoencoder, check_cache_text_encoder
@@ -48,13 +48,17 @@ from ldm.training.preemption import PREEMPTED_EXIT_CODE, STOP, Preempted
 from ldm.training.run_checkpoints import RunCheckpoints, newest_checkpoint
 from ldm.training.step_seed import StepSeed
 from ldm.training.strategy import build_strategy, cluster_plugins
+from ldm.training.text_encoder import init_from_parts, with_training_text_encoder
 from ldm.training.throughput import throughput_callbacks
 from ldm.training.validate import LOGGERS, check_config
 from ldm.weights.checkpoint import autoencoder_weights, read_checkpoint
-from ldm.weights.io import read_tensor_names, read_tensors
-from ldm.weights.sd import PREFIXES, load_initial_weights
+from ldm.weights.io import read_tensors
+from ldm.weights.sd import load_initial_weights
 
 log = logging.getLogger("ldm.train")
+
+TRAIN_FULL_ERROR_VARIABLES = (*FULL_ERROR_VARIABLES, "HYDRA_FULL_ERROR")
+"""Environment variables that, set to 1, show a user error's traceback (Hydra's own too)."""
 
 
 register_configs()
@@ -180,15 +184,6 @@ def autoencoder_config(config: TrainConfig, hparams: dict[str, Any], source: str
             ", ".join(differing),
         )
     return ae_config
-
-
-def init_from_parts(path: str | Path) -> set[str]:
-    """Which networks (denoiser, autoencoder, conditioner) initial weights hold, read from the keys alone."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"diffusion.init_from not found: {path}")
-    keys = read_tensor_names(path)
-    return {name for name, prefix in PREFIXES.items() if any(k.startswith(prefix) for k in keys)}
 
 
 def check_cached_latents(config: TrainConfig) -> None:
@@ -327,9 +322,7 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         raise ValueError(f"resume={config.resume} is a stage-2 checkpoint, but stage=autoencoder")
     init_parts = init_from_parts(config.diffusion.init_from) if config.diffusion.init_from else set()
     init_autoencoder = "autoencoder" in init_parts
-    if "conditioner" in init_parts and config.conditioner.pretrained is not None:
-        log.info("text encoder weights from %s, not conditioner.pretrained", config.diffusion.init_from)
-        config = replace(config, conditioner=without_pretrained(config.conditioner))
+    config = with_training_text_encoder(config, init_parts)
     if config.stage == "diffusion" and not (config.autoencoder.ckpt_path or init_autoencoder or resume_stage):
         raise ValueError(
             "stage=diffusion needs a trained autoencoder: set autoencoder.ckpt_path=<stage-1 checkpoint>"
@@ -380,16 +373,11 @@ def main(cfg: DictConfig) -> None:
     if global_rank() == 0:  # one writer per job
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        run(config, run_dir)
+        with user_errors(TRAIN_FULL_ERROR_VARIABLES, log.error, "set HYDRA_FULL_ERROR=1 for the traceback"):
+            run(config, run_dir)
     except Preempted as e:
         log.warning("%s", e)
         sys.exit(PREEMPTED_EXIT_CODE)
-    except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("error: %s (set HYDRA_FULL_ERROR=1 for the traceback)", e)
-        log.debug("traceback", exc_info=True)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from PIL import Image
 from ldm.data.shards import shard_dataset
 from ldm.data.urls import expand_urls
 from ldm.data.writer import write_image_folder
-from tests.conftest import run_cli
 
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
 
@@ -77,12 +76,3 @@ def test_url_specs(tmp_path):
     with pytest.raises(ValueError):
         expand_urls(["", " "])
 
-
-def test_script_errors_are_one_line(tmp_path):
-    result = run_cli(
-        ["scripts/make_shards.py", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
-    )
-    assert (
-        result.returncode != 0
-        and result.stderr.strip() == f"error: image folder not found: {tmp_path / 'nope'}"
-    )

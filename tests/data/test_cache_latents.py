@@ -1,4 +1,4 @@
-"""scripts/cache_latents.py through its command line, then stage 2 trained from the cache it wrote."""
+"""ldm/data/cache_latents.py through its command line, then stage 2 trained from the cache it wrote."""
 
 from __future__ import annotations
 
@@ -10,29 +10,55 @@ import pytest
 import torch
 
 from ldm.conditioning.text import OpenCLIPTextEncoder
+from ldm.data.cache_latents import main
 from ldm.data.latents import LatentDecoder, checkpoint_fingerprint, weights_fingerprint
 from ldm.data.stream import ShardStream
 from ldm.training.config_store import compose_config
 from ldm.weights.checkpoint import read_checkpoint
 from tests.conftest import run_cli, save_tiny_autoencoder, tiny_module_configs
 
-pytestmark = pytest.mark.slow
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--text", "--", "experiment=debug", "conditioner.trainable=true"],
+            "--text caches a frozen text encoder's states; the config has conditioner.trainable=true",
+        ),
+        (
+            ["--text", "--", "experiment=debug", "diffusion.init_from={tmp}/none.ckpt"],
+            "diffusion.init_from not found: {tmp}/none.ckpt",
+        ),
+        (["--ckpt", "{tmp}/none.ckpt"], "checkpoint not found: {tmp}/none.ckpt"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.delenv("LDM_FULL_ERROR", raising=False)
+    save_tiny_autoencoder(tmp_path / "ae.ckpt", tiny_module_configs()["autoencoder"], seed=0)
+    argv = ["--ckpt", str(tmp_path / "ae.ckpt"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, *(arg.format(tmp=tmp_path) for arg in args)])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(tmp=tmp_path) in lines[0]
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
-    """A tiny autoencoder, and the latents of a 24 + 8 image shapes set cached by the script."""
+    """A tiny autoencoder, and the latents of a 24 + 8 image shapes set cached by the command."""
     root = tmp_path_factory.mktemp("cache_latents")
     ckpt = root / "ae.ckpt"
     save_tiny_autoencoder(ckpt, tiny_module_configs()["autoencoder"], seed=0)
     out = root / "latents"
     args = ["--ckpt", str(ckpt), "--data", "shapes", "--data-root", str(root / "shapes"), "--out", str(out)]
     args += ["--num-train", "24", "--num-val", "8", "--batch-size", "8", "--samples-per-shard", "10"]
-    result = run_cli(["scripts/cache_latents.py", *args])
+    result = run_cli(["-m", "ldm.data.cache_latents", *args])
     assert result.returncode == 0, result.stderr[-3000:]
     return {"ckpt": ckpt, "out": out, "output": result.stdout + result.stderr}
 
 
+@pytest.mark.slow
 def test_cache_json_describes_the_shards(cached):
     info = json.loads((cached["out"] / "cache.json").read_text())
     assert info["autoencoder"]["fingerprint"] == checkpoint_fingerprint(cached["ckpt"])
@@ -52,6 +78,7 @@ def test_cache_json_describes_the_shards(cached):
     ]
 
 
+@pytest.mark.slow
 def test_training_from_the_printed_command(cached, tmp_path):
     output = cached["output"]
     command = shlex.split(output.split("train from the cache with:")[1].strip().splitlines()[0])
@@ -86,6 +113,7 @@ def test_training_from_the_printed_command(cached, tmp_path):
     assert any(row.get("val/loss") for row in rows)
 
 
+@pytest.mark.slow
 def test_training_refuses_another_autoencoder(cached, tmp_path):
     command = shlex.split(cached["output"].split("train from the cache with:")[1].strip().splitlines()[0])
     other = tmp_path / "other.ckpt"
@@ -113,13 +141,14 @@ def cached_text(cached, tmp_path_factory):
         str(cached["out"].parent / "shapes"),
     ]
     args += ["--out", str(out), "--num-train", "24", "--num-val", "8", "--batch-size", "8", "--text"]
-    result = run_cli(["scripts/cache_latents.py", *args, "--", "experiment=debug"])
+    result = run_cli(["scripts/cache_latents.py", *args, "--", "experiment=debug"])  # the script: the same
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     command = shlex.split(output.split("train from the cache with:")[1].strip().splitlines()[0])
     return {"out": out, "command": command}
 
 
+@pytest.mark.slow
 def test_text_cache_describes_the_text_encoder(cached_text):
     info = json.loads((cached_text["out"] / "cache.json").read_text())
     encoder = OpenCLIPTextEncoder(compose_config(["experiment=debug"]).conditioner)
@@ -132,6 +161,7 @@ def test_text_cache_describes_the_text_encoder(cached_text):
     assert cached_text["command"][-2:] == ["data.cached_text=true", "experiment=debug"]
 
 
+@pytest.mark.slow
 def test_training_from_cached_text(cached_text, tmp_path):
     run_dir = tmp_path / "run"
     extra = [f"hydra.run.dir={run_dir}", "diffusion.max_steps=3", "diffusion.batch_size=8"]
