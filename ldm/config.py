@@ -301,10 +301,10 @@ class DataConfig:
     """Resampled mode: relative weights of the '::'-separated sources of train_shards (their shares of
     the shard draws, so of the samples when shards hold alike numbers of samples)."""
     cached_latents: bool = False
-    """The shards hold latents cached by scripts/cache_latents.py (stage=diffusion only; the encoder is skipped)."""
+    """The shards hold latents cached by python -m ldm.data.cache_latents (stage=diffusion only; the encoder is skipped)."""
     cached_text: bool = False
     """With cached_latents: the shards also hold the text encoder's per-token states of each caption
-    (scripts/cache_latents.py --text), and the text encoder is skipped too (it still embeds the empty
+    (python -m ldm.data.cache_latents --text), and the text encoder is skipped too (it still embeds the empty
     prompt of caption dropout, once, and the sample grids' prompts). Needs a frozen text encoder."""
 
 

@@ -1,6 +1,6 @@
 """Text2Image: prompts (and, for img2img, starting images) -> images with a trained latent diffusion model.
 
-Used by ``scripts/txt2img.py``, ``scripts/img2img.py``, the evaluator and the training sample-grid
+Used by ``python -m ldm.sample`` (txt2img, img2img), the evaluator and the training sample-grid
 callback, so that what is tested is what users run. Every image has its own seed: one generator,
 seeded with that seed alone, draws the image's starting noise and then every noise the sampler
 adds (``ldm.samplers.noise``), so a seed gives the same image whatever the batch.

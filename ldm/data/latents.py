@@ -1,6 +1,6 @@
 """Cached latents: shards of autoencoder posteriors, encoded once, that stage 2 trains from.
 
-``scripts/cache_latents.py`` reads image shards in order (centre crops, no augmentation), encodes
+``python -m ldm.data.cache_latents`` reads image shards in order (centre crops, no augmentation), encodes
 them with the frozen autoencoder and writes, per split, ``OUT/train-000000.tar``, ... and
 ``OUT/val-000000.tar``, ... with, for each sample ``KEY``:
 
@@ -164,7 +164,7 @@ def read_cache_info(train_urls: list[str]) -> dict[str, Any]:
         info = read_manifest(path.parent, CACHE_FILE)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path} not found: data.cached_latents=true needs shards written by scripts/cache_latents.py"
+            f"{path} not found: data.cached_latents=true needs shards written by python -m ldm.data.cache_latents"
         ) from None
     if info.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path} is not a latent cache description (format {info.get('format')!r})")
@@ -172,7 +172,7 @@ def read_cache_info(train_urls: list[str]) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(
             f"{path} lists {len(missing)} shards that are not there ({', '.join(missing[:3])}"
-            f"{', ...' if len(missing) > 3 else ''}): cache them again with scripts/cache_latents.py"
+            f"{', ...' if len(missing) > 3 else ''}): cache them again with python -m ldm.data.cache_latents"
         )
     return info
 
@@ -198,7 +198,7 @@ def latent_decoders(cfg: DataConfig, train_urls: list[str]) -> tuple[LatentDecod
         if text is None:
             raise ValueError(
                 f"the latents in {cache_info_path(train_urls).parent} were cached without text embeddings: "
-                "cache them with scripts/cache_latents.py --text, or set data.cached_text=false"
+                "cache them with python -m ldm.data.cache_latents --text, or set data.cached_text=false"
             )
         context_shape = tuple(text["context_shape"])
     decoder = LatentDecoder(
@@ -215,7 +215,7 @@ def check_cache_autoencoder(train_urls: list[str], autoencoder_ckpt: str | Path)
         raise ValueError(
             f"the latents in {cache_info_path(train_urls).parent} were cached with another autoencoder "
             f"({info['autoencoder'].get('checkpoint')}, sha256 {cached[:12]}...) than "
-            f"autoencoder.ckpt_path={autoencoder_ckpt}: cache them again with scripts/cache_latents.py"
+            f"autoencoder.ckpt_path={autoencoder_ckpt}: cache them again with python -m ldm.data.cache_latents"
         )
 
 
@@ -229,7 +229,7 @@ def check_cache_text_encoder(train_urls: list[str], text_encoder: torch.nn.Modul
         raise ValueError(
             f"the text embeddings in {cache_info_path(train_urls).parent} were cached with another text "
             f"encoder (sha256 {cached[:12]}...) than this run's conditioner: cache them again with "
-            "scripts/cache_latents.py --text and this run's config overrides, or set data.cached_text=false"
+            "python -m ldm.data.cache_latents --text and this run's config overrides, or set data.cached_text=false"
         )
 
 

@@ -1,4 +1,4 @@
-"""Writing webdataset shards from an image folder with captions (what scripts/make_shards.py runs).
+"""Writing webdataset shards from an image folder with captions (what python -m ldm.data.make_shards runs).
 
 Captions come from sidecar files (``cat.jpg`` + ``cat.txt``) or from a CSV / parquet table with
 ``path`` and ``caption`` columns (paths relative to the folder, or absolute). Image bytes are copied

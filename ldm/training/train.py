@@ -7,7 +7,7 @@ stage 2 trains the U-Net on the frozen autoencoder's latents. ``stage=autoencode
     config.yaml                         the resolved config
     autoencoder/checkpoints/last.ckpt   stage 1
     autoencoder/images/                 reconstruction grids
-    checkpoints/last.ckpt               stage 2 (what scripts/txt2img.py takes)
+    checkpoints/last.ckpt               stage 2 (what python -m ldm.sample txt2img takes)
     images/                             sample grids
     logs/                               metrics (CSV, or the W&B run)
 """
@@ -360,7 +360,7 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         stage2_resume = resume if resume_stage == "diffusion" else None
         written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt, stage2_resume)
         log.info(
-            'sample with: python scripts/txt2img.py --ckpt %s --prompt "..." --outdir out/',
+            'sample with: python -m ldm.sample txt2img --ckpt %s --prompt "..." --outdir out/',
             written["diffusion"],
         )
     return written

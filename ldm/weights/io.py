@@ -40,6 +40,9 @@ def _reason(error: BaseException) -> str:
         lines = [
             line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))
         ]
+        # Some versions number their advice "(1) ... (2) ..."; the refused global is named elsewhere.
+        refused = [line for line in lines if "WeightsUnpickler" in line or "global" in line.lower()]
+        lines = refused or lines
     if not lines:
         return type(error).__name__
     return f"{type(error).__name__}: {lines[0].split('. ')[0].rstrip('.')}"
