@@ -121,3 +121,18 @@ def debug_run(tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def quiet_trainer(**options):
+    """A CPU Lightning Trainer without logger, checkpoints, progress bar, summary or validation."""
+    import pytorch_lightning as pl
+
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    return pl.Trainer(**{**defaults, **options})

@@ -18,7 +18,7 @@ from ldm.config import TrainerConfig  # noqa: E402
 from ldm.training.diffusion_module import LatentDiffusionModule  # noqa: E402
 from ldm.training.step_seed import StepSeed  # noqa: E402
 from ldm.training.strategy import build_strategy  # noqa: E402
-from tests.conftest import tiny_module_configs  # noqa: E402
+from tests.conftest import quiet_trainer, tiny_module_configs  # noqa: E402
 
 B, STEPS = 2, 4
 
@@ -47,16 +47,10 @@ def main(mode: str, out: Path) -> None:
     torch.manual_seed(0)
     module = LatentDiffusionModule(**configs)
     strategy = build_strategy(TrainerConfig(strategy=mode if mode != "single" else "auto"), module, "32-true")
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         strategy=strategy,
-        accelerator="cpu",
         devices=1 if mode == "single" else 2,
         max_steps=STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
         gradient_clip_val=0.05,  # small enough to clip every step
         use_distributed_sampler=False,
         callbacks=[StepSeed(0)],

@@ -8,7 +8,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for tests.conftest
@@ -16,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, fo
 from ldm.training.diffusion_module import LatentDiffusionModule  # noqa: E402
 from ldm.training.nonfinite import NonFiniteGuard  # noqa: E402
 from ldm.training.step_seed import StepSeed  # noqa: E402
-from tests.conftest import tiny_module_configs  # noqa: E402
+from tests.conftest import quiet_trainer, tiny_module_configs  # noqa: E402
 from tests.training.test_nonfinite import PLANT_AT, STEPS, PlantNaN, Snapshots, images  # noqa: E402
 
 
@@ -27,16 +26,10 @@ def main(out: Path) -> None:
     module = LatentDiffusionModule(**configs)
     guard = NonFiniteGuard(max_bad_steps=3)
     snapshots = Snapshots()
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         strategy="ddp",
-        accelerator="cpu",
         devices=2,
         max_steps=STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
         gradient_clip_val=1.0,
         callbacks=[StepSeed(0), guard, PlantNaN({PLANT_AT}, rank=1), snapshots],
     )

@@ -13,7 +13,7 @@ from ldm.training.diffusion_module import LatentDiffusionModule
 from ldm.training.nonfinite import NonFiniteGuard, NonFiniteTraining, gradients_finite
 from ldm.training.step_seed import StepSeed
 from ldm.weights.checkpoint import read_checkpoint
-from tests.conftest import ROOT, run_cli, tiny_module_configs
+from tests.conftest import ROOT, quiet_trainer, run_cli, tiny_module_configs
 
 STEPS, PLANT_AT = 6, 3
 
@@ -77,14 +77,8 @@ def fit(tmp_path, plant: set[int], max_bad_steps: int = 3) -> tuple[NonFiniteGua
     torch.manual_seed(0)
     module = LatentDiffusionModule(**configs)
     guard, snapshots = NonFiniteGuard(max_bad_steps, tmp_path / "checkpoints"), Snapshots()
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
         gradient_clip_val=1.0,
         default_root_dir=tmp_path,
         callbacks=[StepSeed(0), guard, PlantNaN(plant), snapshots],
