@@ -229,4 +229,6 @@ class SpatialTransformer(nn.Module):
         x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
         if not self.use_linear:
             x = self.proj_out(x)
-        return x + residual
+        # Residual first: the sum takes its (contiguous) layout, not the channels-last one of the
+        # rearranged tokens, which made every later convolution convert its weights on each call.
+        return residual + x

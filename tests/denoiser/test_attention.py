@@ -136,3 +136,13 @@ def test_spatial_transformer_linear_and_conv_projections_agree():
     out = linear(x, context)
     assert (out - x).abs().max() > 1e-2  # the transformer is active
     torch.testing.assert_close(conv(x, context), out, atol=1e-5, rtol=0)
+
+
+def test_spatial_transformer_returns_its_input_layout():
+    # A channels-last result would make each following convolution convert its weights per call
+    # (and DDP warn that gradient strides do not match its buckets).
+    block = SpatialTransformer(32, 2, 16, context_dim=8)
+    with torch.no_grad():
+        torch.nn.init.normal_(block.proj_out.weight)
+        out = block(torch.randn(2, 32, 4, 4), torch.randn(2, 3, 8))
+    assert out.is_contiguous()
