@@ -30,7 +30,7 @@ from ldm.samplers.sigmas import SCHEDULES, SPACINGS
 from ldm.training.throughput import check_window
 
 STAGES = ("all", "autoencoder", "diffusion")
-LOGGERS = ("csv", "wandb")
+LOGGERS = ("csv", "wandb", "tensorboard")
 PRECISIONS = ("auto", *typing.get_args(_PRECISION_INPUT_STR))
 """``auto`` (ours) and the precision strings Lightning accepts."""
 
