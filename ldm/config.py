@@ -358,13 +358,13 @@ class LoggerConfig:
     """Where metrics and images go."""
 
     kind: str = "csv"
-    """csv or wandb."""
+    """csv, wandb (one run per stage; offline without an API key) or tensorboard."""
     project: str = "ldm"
     """W&B project."""
     name: Optional[str] = None
     """Run name (default: the run directory's name)."""
     offline: bool = False
-    """W&B offline mode."""
+    """W&B offline mode (forced when no API key is found: upload later with wandb sync)."""
 
 
 @dataclass

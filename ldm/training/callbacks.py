@@ -7,9 +7,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
 from ldm.data.latents import check_cache_text_encoder
@@ -18,12 +19,21 @@ from ldm.pipeline import Text2Image
 
 log = logging.getLogger(__name__)
 
+SAMPLE_TABLE_COLUMNS = ("step", "prompt", "seed", "image")
+"""Columns of the W&B table of training samples (``sample_table``), one row per sample."""
+
+
+def to_pixels(image: torch.Tensor) -> np.ndarray:
+    """An image [3, H, W] in [0, 1] as uint8 pixels [H, W, 3], rounded as torchvision's save_image does."""
+    return image.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
 
 class SampleGridCallback(pl.Callback):
     """Every `every_n_steps` (and at the end of training) samples `prompts` and saves a grid PNG.
 
     Each row is one prompt, each column one seed, so grids from different steps compare directly.
-    Files go to ``<root dir>/images/samples-stepNNNNNN.png``; W&B runs also get the image.
+    Files go to ``<root dir>/images/samples-stepNNNNNN.png``; W&B runs also get the image and a
+    table of the samples with their prompts and seeds; TensorBoard gets the image and the prompts.
     """
 
     def __init__(self, prompts: Sequence[str], n_per_prompt: int = 4, every_n_steps: int = 0, seed: int = 0):
@@ -63,12 +73,30 @@ class SampleGridCallback(pl.Callback):
         save_image(images, path, nrow=self.n_per_prompt, padding=1)
         self.last_path = path
         log.info("sample grid at step %d: %s", trainer.global_step, path)
+        grid = make_grid(images, nrow=self.n_per_prompt, padding=1)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                grid = make_grid(images, nrow=self.n_per_prompt, padding=1)
-                logger.log_image(
-                    "samples", [grid], step=trainer.global_step, caption=[" | ".join(self.prompts)]
-                )
+                self._log_wandb(logger, trainer.global_step, grid, images, prompts, seeds)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", grid, trainer.global_step)
+                logger.experiment.add_text("samples/prompts", " | ".join(self.prompts), trainer.global_step)
+
+    def _log_wandb(
+        self,
+        logger: WandbLogger,
+        step: int,
+        grid: torch.Tensor,
+        images: torch.Tensor,
+        prompts: list[str],
+        seeds: list[int],
+    ) -> None:
+        """The grid, and a table with one row (step, prompt, seed, image) per sample."""
+        import wandb
+
+        # Pixels as uint8 [H, W, 3]: W&B casts float tensors to uint8 as they are (all black for [0, 1]).
+        logger.log_image("samples", [to_pixels(grid)], step=step, caption=[" | ".join(self.prompts)])
+        rows = [[step, p, s, wandb.Image(to_pixels(x))] for p, s, x in zip(prompts, seeds, images)]
+        logger.log_table("sample_table", columns=list(SAMPLE_TABLE_COLUMNS), data=rows, step=step)
 
 
 class DataQualityCallback(pl.Callback):
@@ -76,10 +104,11 @@ class DataQualityCallback(pl.Callback):
 
     The counter is the datamodule's ``train_counter``. The ceiling is checked once at least
     ``min_samples`` samples were read or skipped, so that a few broken samples at the start of a
-    stream do not stop a run.
+    stream do not stop a run. ``data/read`` and ``data/corrupt`` are logged every ``log_every_n_steps``
+    steps (default: every step, so that the Trainer's ``log_every_n_steps`` decides what is kept).
     """
 
-    def __init__(self, max_skip_fraction: float = 0.5, min_samples: int = 256, log_every_n_steps: int = 50):
+    def __init__(self, max_skip_fraction: float = 0.5, min_samples: int = 256, log_every_n_steps: int = 1):
         if not 0.0 < max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in (0, 1], got {max_skip_fraction}")
         self.max_skip_fraction = max_skip_fraction

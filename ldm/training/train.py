@@ -9,7 +9,7 @@ stage 2 trains the U-Net on the frozen autoencoder's latents. ``stage=autoencode
     autoencoder/images/                 reconstruction grids
     checkpoints/last.ckpt               stage 2 (what python -m ldm.sample txt2img takes)
     images/                             sample grids
-    logs/                               metrics (CSV, or the W&B run)
+    logs/                               metrics (CSV or TensorBoard); W&B: wandb/ and wandb-ids.json
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from ldm.autoencoder.latent_stats import stored_scale_factor
 from ldm.cli import FULL_ERROR_VARIABLES, user_errors
 from ldm.conditioning.text import check_pretrained_available
-from ldm.config import AutoencoderConfig, LoggerConfig, TrainConfig, architecture_fields
+from ldm.config import AutoencoderConfig, TrainConfig, architecture_fields
 from ldm.data.decode import model_inputs
 from ldm.data.latents import check_cache_autoencoder, check_cache_text_encoder
 from ldm.data.shards import shard_urls
@@ -42,6 +41,7 @@ from ldm.training.config_store import register_configs
 from ldm.training.datamodule import build_datamodule
 from ldm.training.diffusion_module import LatentDiffusionModule
 from ldm.training.distributed import global_rank, prepare_data
+from ldm.training.loggers import build_logger, logging_callbacks
 from ldm.training.nonfinite import NonFiniteGuard
 from ldm.training.precision import resolve_precision
 from ldm.training.preemption import PREEMPTED_EXIT_CODE, STOP, Preempted
@@ -50,7 +50,7 @@ from ldm.training.step_seed import StepSeed
 from ldm.training.strategy import build_strategy, cluster_plugins
 from ldm.training.text_encoder import init_from_parts, with_training_text_encoder
 from ldm.training.throughput import throughput_callbacks
-from ldm.training.validate import LOGGERS, check_config
+from ldm.training.validate import check_config
 from ldm.weights.checkpoint import autoencoder_weights, read_checkpoint
 from ldm.weights.io import read_tensors
 from ldm.weights.sd import load_initial_weights
@@ -62,16 +62,6 @@ TRAIN_FULL_ERROR_VARIABLES = (*FULL_ERROR_VARIABLES, "HYDRA_FULL_ERROR")
 
 
 register_configs()
-
-
-def build_logger(cfg: LoggerConfig, run_dir: Path, stage: str) -> Logger:
-    """The metrics logger of one stage."""
-    if cfg.kind == "csv":
-        return CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
-    if cfg.kind == "wandb":
-        name = f"{cfg.name or run_dir.name}-{stage}"
-        return WandbLogger(project=cfg.project, name=name, save_dir=str(run_dir), offline=cfg.offline)
-    raise ValueError(f"unknown logger '{cfg.kind}'; available: {', '.join(LOGGERS)}")
 
 
 def stage_dir(run_dir: Path, stage: str) -> Path:
@@ -97,6 +87,7 @@ def build_trainer(
         NonFiniteGuard(t.max_bad_steps, checkpoints),
         DataQualityCallback(config.data.max_skip_fraction),
         *throughput_callbacks(t.throughput_window),
+        *logging_callbacks(),
     ]
     checkpointing = RunCheckpoints(
         checkpoints, t.checkpoint_every_n_steps, t.checkpoint_every_n_minutes, keep_last=t.keep_last
@@ -110,7 +101,7 @@ def build_trainer(
         precision=precision,
         strategy=build_strategy(t, module, precision) if module is not None else "auto",
         accumulate_grad_batches=1 if stage == "autoencoder" else t.accumulate_grad_batches,
-        logger=build_logger(config.logger, run_dir, stage),
+        logger=build_logger(config.logger, run_dir, stage, config),
         callbacks=[checkpointing, *extra, *callbacks],
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=t.val_check_interval or max_steps,

@@ -32,7 +32,7 @@ from ldm.training.throughput import check_window
 STAGES = ("all", "autoencoder", "diffusion")
 STRATEGIES = ("auto", "ddp", "fsdp")
 FSDP_SHARDINGS = ("full", "grad_op")
-LOGGERS = ("csv", "wandb")
+LOGGERS = ("csv", "wandb", "tensorboard")
 PRECISIONS = ("auto", *typing.get_args(_PRECISION_INPUT_STR))
 """``auto`` (ours) and the precision strings Lightning accepts."""
 

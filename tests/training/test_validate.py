@@ -27,7 +27,7 @@ IMPOSSIBLE = [
     ("sampler.guidance_rescale=2", "sampler.guidance_rescale must be in [0, 1] (got 2.0)"),
     ("sampler.name=dpm", "sampler.name must be one of ddpm, ddim"),
     ("trainer.precision=bf17-mixed", "trainer.precision must be one of auto, "),
-    ("logger.kind=tensorbored", "logger.kind must be one of csv, wandb (got 'tensorbored')"),
+    ("logger.kind=tensorbored", "logger.kind must be one of csv, wandb, tensorboard (got 'tensorbored')"),
     ("data.num_workers=-1", "data.num_workers must be >= 0 (got -1)"),
     ("sampler.steps=0", "sampler.steps must be >= 1 (got 0)"),
 ]
