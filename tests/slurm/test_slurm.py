@@ -14,6 +14,7 @@ Where SLURM cannot be installed or started, the SLURM tests are skipped with the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -237,7 +238,8 @@ def test_preempted_job_requeues_itself_and_ends_as_an_uninterrupted_run(slurm, t
     reference = start_two_nodes(tmp_path / "reference", *args)
     try:
         run_dir = tmp_path / "run"
-        job = submit(slurm, tmp_path, run_dir, *args)
+        # W&B offline (its files in the run directory), to check that both starts log to one run.
+        job = submit({**slurm, "WANDB_MODE": "offline"}, tmp_path, run_dir, *args, "logger=wandb")
         log = tmp_path / f"slurm-{job}.out"
         periodic = run_dir / "checkpoints" / f"step-{EVERY:08d}.ckpt"
         deadline = time.monotonic() + 240
@@ -286,6 +288,10 @@ def test_preempted_job_requeues_itself_and_ends_as_an_uninterrupted_run(slurm, t
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     at_signal = weights(run_dir / "checkpoints" / f"step-{step:08d}.ckpt")
     assert any(not torch.equal(at_signal[k], got[k]) for k in got)  # the second start trained
+    # Both starts logged to the same W&B run: the id kept in the run directory, one offline run
+    # folder per start with that id.
+    run_id = json.loads((run_dir / "wandb-ids.json").read_text())["diffusion"]
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
 
 
 def test_two_nodes_on_loopback_train_together(tmp_path):
