@@ -92,7 +92,7 @@ class NonFiniteGuard(pl.Callback):
         where = "not saved (no checkpoint folder)"
         if self.dirpath is not None:
             path = self.dirpath / f"nonfinite-step-{trainer.global_step:08d}.ckpt"
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
             where = f"saved to {path}"
         raise NonFiniteTraining(
             f"{self.in_a_row} training steps in a row had non-finite gradients (steps "

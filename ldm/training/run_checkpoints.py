@@ -113,7 +113,7 @@ class RunCheckpoints(pl.Callback):
     def save(self, trainer: pl.Trainer) -> Path:
         """Write the step's checkpoint (every rank calls this), link last.ckpt to it, drop old ones."""
         path = self.dirpath / f"step-{trainer.global_step:08d}.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
         self._last_save = time.monotonic()
         if trainer.is_global_zero:
             replace_with_link(path, self.dirpath / LAST)

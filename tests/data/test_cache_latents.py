@@ -184,4 +184,4 @@ def test_training_from_cached_text(cached_text, tmp_path):
     result = run_cli(other)  # fails before the scale factor is estimated (too few samples for a batch of 32)
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "were cached with another text encoder" in output
-    assert "cache_latents.py --text" in output and "Traceback" not in output
+    assert "python -m ldm.data.cache_latents --text" in output and "Traceback" not in output

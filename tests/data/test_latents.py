@@ -215,7 +215,7 @@ def test_data_config_errors(cache, overrides, message, tmp_path):
 def test_missing_cache_description(cache):
     data = cached_data(cache)
     data.train_shards = str(cache["images"].train[0])
-    with pytest.raises(FileNotFoundError, match="needs shards written by scripts/cache_latents.py"):
+    with pytest.raises(FileNotFoundError, match="needs shards written by python -m ldm.data.cache_latents"):
         build_datamodule(data)
 
 

@@ -253,8 +253,8 @@ def test_preempted_job_requeues_itself_and_ends_as_an_uninterrupted_run(slurm, t
         slurm_command(slurm, "scancel", "--signal=USR1", job)
         info = wait_for_job(slurm, job, log, {"PENDING"} | FINISHED, timeout=120)
         assert (info["JobState"], info["Restarts"]) == ("PENDING", "1"), log.read_text()[-3000:]
-        # SLURM holds a requeued job back for two minutes (EligibleTime); the test does not wait.
-        slurm_command(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        # SLURM holds a requeued job back until its old credentials expire (AuthInfo cred_expire:
+        # 120 s by default, 10 s on the local cluster); starting it sooner fails ("credential revoked").
         info = wait_for_job(slurm, job, log, FINISHED, timeout=300)
         text = log.read_text()
         ended = (info["JobState"], info["ExitCode"], info["Restarts"])

@@ -38,7 +38,8 @@ class HalfBatches(pl.LightningDataModule):
         return torch.utils.data.DataLoader(mine, batch_size=per_rank, shuffle=False)
 
 
-def main(mode: str, out: Path) -> None:
+def main(mode: str, out: Path, accelerator: str = "cpu") -> None:
+    """`mode`: single (1 process), ddp (2 processes) or fsdp (up to 2 GPUs: Lightning's FSDP needs CUDA)."""
     configs = tiny_module_configs()
     ema = mode != "fsdp"  # FSDP keeps no EMA yet
     configs["diffusion"] = dataclasses.replace(
@@ -47,9 +48,11 @@ def main(mode: str, out: Path) -> None:
     torch.manual_seed(0)
     module = LatentDiffusionModule(**configs)
     strategy = build_strategy(TrainerConfig(strategy=mode if mode != "single" else "auto"), module, "32-true")
+    devices = {"single": 1, "ddp": 2, "fsdp": min(2, torch.cuda.device_count())}[mode]
     trainer = quiet_trainer(
         strategy=strategy,
-        devices=1 if mode == "single" else 2,
+        accelerator=accelerator,
+        devices=devices,
         max_steps=STEPS,
         gradient_clip_val=0.05,  # small enough to clip every step
         use_distributed_sampler=False,
@@ -59,10 +62,8 @@ def main(mode: str, out: Path) -> None:
     trainer.fit(module, HalfBatches())
     if trainer.global_rank == 0 and mode == "single":
         torch.save(initial, out / "initial.pt")
-    if trainer.global_rank == 0:
-        state = {k: v for k, v in module.state_dict().items() if k.startswith(("model.", "model_ema."))}
-        torch.save(state, out / f"{mode}.pt")
+    trainer.save_checkpoint(out / f"{mode}.ckpt")  # every rank takes part; a full state dict under FSDP
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:])
