@@ -63,7 +63,9 @@ SHARD_LINE = re.compile(r"rank (\d+) of (\d+): \d+ training shards \((\S+) \.\.\
 def process_env(**extra: str) -> dict[str, str]:
     """This interpreter's environment for a training process (this venv's python first on PATH)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # not an allocation's
-    env.update(PYTHONUNBUFFERED="1", WANDB_MODE="disabled", **extra)
+    # One thread per process, as srun gives each task of --cpus-per-task=1: the requeue test compares
+    # weights bit for bit with a run outside SLURM, and CPU kernels sum in another order on 2 threads.
+    env.update(PYTHONUNBUFFERED="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", **extra)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("HYDRA_FULL_ERROR", None)
     return env
