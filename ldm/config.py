@@ -193,7 +193,10 @@ class DiffusionConfig:
     scale_factor: Optional[float] = None
     """Latent scale; null computes 1/std of latents from the training data (LDM's scale_by_std)."""
     scale_batches: int = 8
-    """Batches used to estimate the scale factor."""
+    """Batches used to estimate the scale factor (or the channel statistics)."""
+    latent_normalization: str = "scale"
+    """scale: latents times scale_factor (LDM, SD); channel: (z - mean_c) / std_c for each latent channel,
+    from stage 1's stored statistics (else estimated), folded into the autoencoder on export."""
     learning_rate: float = 1e-4
     """AdamW learning rate of the U-Net."""
     weight_decay: float = 0.0

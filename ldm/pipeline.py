@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ldm.config import SamplerConfig
+from ldm.diffusion.channel_normalization import denormalize, normalize
 from ldm.samplers import get_sampler
 from ldm.samplers.guidance import CFGDenoiser
 from ldm.samplers.noise import per_sample_generators
@@ -45,11 +46,13 @@ class Text2Image:
         scale_factor: float,
         image_size: int,
         sampler: SamplerConfig,
+        channel_statistics: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ):
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
         self.denoiser = denoiser
         self.scale_factor = float(scale_factor)
+        self.channel_statistics = channel_statistics  # (mean, std) per latent channel, if normalized so
         self.image_size = image_size
         self.sampler = sampler
 
@@ -63,6 +66,7 @@ class Text2Image:
             float(module.scale_factor),
             module.image_size,
             module.sampler_config,
+            module.channel_statistics(),
         )
 
     @classmethod
@@ -194,11 +198,18 @@ class Text2Image:
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] in [0, 1] -> scaled latents (the posterior mode times the scale factor)."""
+        """Images [B, 3, H, W] in [0, 1] -> scaled latents (the posterior mode, normalized per channel
+        if the model does so, times the scale factor)."""
         images = images.to(self.device, next(self.autoencoder.parameters()).dtype)
-        return self.autoencoder.encode(images * 2 - 1).mode() * self.scale_factor
+        z = self.autoencoder.encode(images * 2 - 1).mode()
+        if self.channel_statistics is not None:
+            z = normalize(z, *self.channel_statistics)
+        return z * self.scale_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images [B, 3, H, W] in [0, 1], on the CPU."""
-        images = self.autoencoder.decode(latents / self.scale_factor)
+        z = latents / self.scale_factor
+        if self.channel_statistics is not None:
+            z = denormalize(z, *self.channel_statistics)
+        images = self.autoencoder.decode(z)
         return ((images.float().clamp(-1, 1) + 1) / 2).cpu()

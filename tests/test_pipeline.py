@@ -123,3 +123,35 @@ def test_negative_prompt_is_the_unconditional_branch(pipe):
     )
     direct = pipe(["a blue square"], [3], sampler=SamplerConfig(steps=3, guidance_scale=1.0))
     torch.testing.assert_close(negative, direct, atol=1e-5, rtol=0)
+
+
+def test_per_channel_normalization_samples_as_its_folded_export():
+    """A model that normalizes latents per channel, and the same weights in SD's layout (the
+    normalization folded into the autoencoder, ldm.weights.sd), give the same images and img2img."""
+    import dataclasses
+
+    from ldm.diffusion.latent_diffusion import LatentDiffusion
+    from ldm.weights.sd import split_sd_state_dict
+
+    configs = tiny_module_configs()
+    torch.manual_seed(0)
+    channel = LatentDiffusion(
+        **{**configs, "diffusion": dataclasses.replace(configs["diffusion"], latent_normalization="channel")}
+    ).eval()
+    torch.nn.init.normal_(channel.model.diffusion_model.out[2].weight, std=0.05)
+    channel.latent_mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.1]))
+    channel.latent_std.copy_(torch.tensor([0.3, 2.0, 5.0, 1.0]))
+    parts = split_sd_state_dict(channel.state_dict())
+    assert "latent_mean" not in parts["autoencoder"]
+    plain = LatentDiffusion(**configs).eval()
+    plain.model.diffusion_model.load_state_dict(parts["denoiser"])
+    plain.first_stage_model.load_state_dict(parts["autoencoder"])
+    plain.cond_stage_model.model.load_state_dict(parts["conditioner"])
+    assert plain.channel_statistics() is None and parts["scale_factor"] == 1.0
+
+    ours, folded = Text2Image.from_module(channel), Text2Image.from_module(plain)
+    torch.testing.assert_close(ours(["a red circle"], [5]), folded(["a red circle"], [5]), atol=1e-5, rtol=0)
+    images = random_images(2)
+    torch.testing.assert_close(ours.encode(images), folded.encode(images), atol=1e-5, rtol=1e-5)
+    batch = {"image": images * 2 - 1}
+    torch.testing.assert_close(channel.latents_of(batch, sample=False), folded.encode(images), atol=1e-5, rtol=1e-5)

@@ -59,11 +59,23 @@ def stored_latent_stats(checkpoint: dict[str, Any]) -> Optional[dict[str, Any]]:
     return stats if isinstance(stats, dict) and "scale_factor" in stats else None
 
 
-def stored_scale_factor(path: str | Path | None) -> Optional[float]:
-    """The scale factor stored with the stage-1 checkpoint at `path` (None: no path, or none stored)."""
+def _stored_stats(path: str | Path | None) -> Optional[dict[str, Any]]:
     if not path:
         return None
     from ldm.weights.checkpoint import read_checkpoint
 
-    stats = stored_latent_stats(read_checkpoint(path))
+    return stored_latent_stats(read_checkpoint(path))
+
+
+def stored_scale_factor(path: str | Path | None) -> Optional[float]:
+    """The scale factor stored with the stage-1 checkpoint at `path` (None: no path, or none stored)."""
+    stats = _stored_stats(path)
     return float(stats["scale_factor"]) if stats is not None else None
+
+
+def stored_channel_stats(path: str | Path | None) -> Optional[tuple[Tensor, Tensor]]:
+    """(mean, std) per latent channel stored with the stage-1 checkpoint at `path` (None: none stored)."""
+    stats = _stored_stats(path)
+    if stats is None or "mean" not in stats or "std" not in stats:
+        return None
+    return torch.tensor(stats["mean"]), torch.tensor(stats["std"])

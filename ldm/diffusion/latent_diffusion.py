@@ -1,6 +1,7 @@
 """LatentDiffusion: the networks of a text-to-image latent diffusion model, and how a batch reaches them.
 
-A frozen autoencoder encodes images to latents (times the scale factor), a text encoder (frozen
+A frozen autoencoder encodes images to latents (times the scale factor, or normalized per
+channel with ``diffusion.latent_normalization=channel``), a text encoder (frozen
 unless ``conditioner.trainable``) embeds captions, and the U-Net, wrapped as a denoiser of sigma
 (``DiscreteDenoiser``), predicts the noise (or v, or x0). With ``diffusion.ema`` an exponential
 moving average of the U-Net is kept beside it. Batches of cached latents carry the posterior's
@@ -29,6 +30,7 @@ from ldm.conditioning.dropout import drop_captions, drop_contexts, kept_captions
 from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
 from ldm.denoiser.unet import UNetModel
+from ldm.diffusion.channel_normalization import MEAN_KEY, STD_KEY, normalize
 from ldm.diffusion.ema import ExponentialMovingAverage
 from ldm.diffusion.objective import DiffusionObjective
 from ldm.diffusion.parametrization import DiscreteDenoiser
@@ -96,6 +98,9 @@ class LatentDiffusion(nn.Module):
                 self.model.diffusion_model, diffusion.ema_decay, diffusion.ema_warmup, diffusion.ema_power
             )
         self.register_buffer("scale_factor", torch.tensor(diffusion.scale_factor or 1.0))
+        if diffusion.latent_normalization == "channel":  # set from stage 1's statistics before training
+            self.register_buffer(MEAN_KEY, torch.zeros(autoencoder.embed_dim))
+            self.register_buffer(STD_KEY, torch.ones(autoencoder.embed_dim))
         self._empty_context: Optional[torch.Tensor] = None
 
     @staticmethod
@@ -152,7 +157,19 @@ class LatentDiffusion(nn.Module):
     ) -> torch.Tensor:
         """Scaled latents of a batch: a fresh posterior sample (training) or the posterior mean."""
         posterior = self.posterior_of(batch)
-        return (posterior.sample(generator) if sample else posterior.mode()) * self.scale_factor
+        return self.diffusion_latents(posterior.sample(generator) if sample else posterior.mode())
+
+    def channel_statistics(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(mean, std) per latent channel when latents are normalized per channel, else None."""
+        if not hasattr(self, MEAN_KEY):
+            return None
+        return getattr(self, MEAN_KEY), getattr(self, STD_KEY)
+
+    def diffusion_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's latents as the U-Net sees them: normalized per channel (if so configured),
+        times the scale factor."""
+        stats = self.channel_statistics()
+        return (z if stats is None else normalize(z, *stats)) * self.scale_factor
 
     def empty_context(self) -> torch.Tensor:
         """The frozen text encoder's states of the empty prompt, 1 x T x D (computed once per device)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -26,13 +27,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.autoencoder.latent_stats import stored_scale_factor
+from ldm.autoencoder.latent_stats import stored_channel_stats, stored_scale_factor
 from ldm.cli import FULL_ERROR_VARIABLES, user_errors
 from ldm.conditioning.text import check_pretrained_available
 from ldm.config import AutoencoderConfig, TrainConfig, architecture_fields
 from ldm.data.decode import model_inputs
 from ldm.data.latents import check_cache_autoencoder, check_cache_text_encoder
 from ldm.data.shards import shard_urls
+from ldm.diffusion.channel_normalization import channel_stats
 from ldm.diffusion.scaling import choose_scale_factor, scale_factor_of_latents
 from ldm.training.autoencoder_module import AutoencoderModule
 from ldm.training.callbacks import CachedTextCheck, DataQualityCallback, SampleGridCallback
@@ -248,12 +250,24 @@ def train_diffusion(
         check_cache_text_encoder(shard_urls(config.data)[0], module.cond_stage_model)
     datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
 
-    def estimate() -> float:
+    def latents() -> Iterator[torch.Tensor]:
+        """Unscaled posterior samples, from the images or from cached moments."""
         datamodule.setup("fit")
-        # Unscaled posterior samples, from the images or from cached moments.
-        loader = datamodule.train_dataloader()
-        latents = (module.posterior_of(model_inputs(batch)).sample() for batch in loader)
-        return scale_factor_of_latents(latents, config.diffusion.scale_batches)
+        return (module.posterior_of(model_inputs(batch)).sample() for batch in datamodule.train_dataloader())
+
+    if config.diffusion.latent_normalization == "channel":
+        stats, source = stored_channel_stats(autoencoder_ckpt), f"the latent statistics of {autoencoder_ckpt}"
+        if stats is None:
+            stats = channel_stats(latents(), config.diffusion.scale_batches)
+            source = f"{config.diffusion.scale_batches} batches of latents"
+        for buffer, values in zip(module.channel_statistics(), stats):
+            buffer.copy_(values)
+        mean, std = ([round(float(v), 3) for v in values] for values in stats)
+        log.info("latents normalized per channel: mean %s, std %s, from %s", mean, std, source)
+        return fit_diffusion(config, module, datamodule, run_dir)
+
+    def estimate() -> float:
+        return scale_factor_of_latents(latents(), config.diffusion.scale_batches)
 
     scale, source = choose_scale_factor(
         [

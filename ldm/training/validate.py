@@ -20,6 +20,7 @@ from ldm.config import AutoencoderConfig, TrainConfig
 from ldm.data.decode import CROPS
 from ldm.data.shards import DATA_SETS
 from ldm.denoiser.attention import ATTENTION_BACKENDS
+from ldm.diffusion.channel_normalization import LATENT_NORMALIZATIONS
 from ldm.diffusion.ema import EMA_WARMUPS
 from ldm.diffusion.parametrization import PARAMETERIZATIONS
 from ldm.diffusion.schedules import BETA_SCHEDULES
@@ -100,6 +101,10 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     _at_least("diffusion.num_timesteps", diffusion.num_timesteps, 2)
     _at_least("diffusion.scale_batches", diffusion.scale_batches, 1)
     _positive("diffusion.scale_factor", diffusion.scale_factor, optional=True)
+    _one_of("diffusion.latent_normalization", diffusion.latent_normalization, LATENT_NORMALIZATIONS)
+    if diffusion.latent_normalization == "channel" and diffusion.scale_factor is not None:
+        _fail("diffusion.scale_factor", "applies to latent_normalization=scale (channel: unit variance per channel)",
+              diffusion.scale_factor)
     _within("diffusion.ema_decay", diffusion.ema_decay, 0, 1)
     _at_least("diffusion.offset_noise", diffusion.offset_noise, 0)
     _one_of("diffusion.lr_schedule", diffusion.lr_schedule, LR_SCHEDULES)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
+from ldm.diffusion.channel_normalization import MEAN_KEY, STD_KEY, fold_into_autoencoder
 from ldm.diffusion.scaling import choose_scale_factor
 from ldm.weights.checkpoint import CheckpointError
 from ldm.weights.io import WeightsError, check_state_dict, load_checked, read_tensors, write_tensors
@@ -149,12 +150,14 @@ def sd_architecture_from_config(path: str | Path) -> SDArchitecture:
 
 def split_sd_state_dict(state: dict[str, torch.Tensor], use_ema: bool = True) -> dict[str, Any]:
     """{'denoiser', 'autoencoder', 'conditioner': prefix-free state dicts, 'scale_factor': float or None,
-    'skipped': keys not used}; the U-Net comes from ldm's EMA copy when present and `use_ema`.
+    'skipped': keys not used}; the U-Net comes from ldm's EMA copy when present and `use_ema`. An ldm
+    model's per-channel latent normalization is folded into the autoencoder's weights.
 
     Raises CheckpointError on keys that belong to no known part.
     """
     parts: dict[str, Any] = {name: {} for name in PREFIXES}
     ema: dict[str, torch.Tensor] = {}
+    channel_stats: dict[str, torch.Tensor] = {}
     skipped, unknown = [], []
     for key, value in state.items():
         name = next((n for n, p in PREFIXES.items() if key.startswith(p)), None)
@@ -164,6 +167,8 @@ def split_sd_state_dict(state: dict[str, torch.Tensor], use_ema: bool = True) ->
             ema[key[len(EMA_PREFIX) :]] = value
         elif key == "scale_factor":
             parts["scale_factor"] = float(value)
+        elif key in (MEAN_KEY, STD_KEY):
+            channel_stats[key] = value
         elif key in SD_SKIPPED_KEYS or key.startswith((*SD_SKIPPED_PREFIXES, HF_CLIP_PREFIX)):
             skipped.append(key)
         else:
@@ -176,6 +181,8 @@ def split_sd_state_dict(state: dict[str, torch.Tensor], use_ema: bool = True) ->
         if ema.keys() != parts["denoiser"].keys():
             raise CheckpointError("the EMA copy and the U-Net have different keys")
         parts["denoiser"] = ema
+    if channel_stats:  # an ldm model that normalizes latents per channel: SD's layout has no place for it
+        parts["autoencoder"] = fold_into_autoencoder(parts["autoencoder"], channel_stats[MEAN_KEY], channel_stats[STD_KEY])
     parts.setdefault("scale_factor", None)
     parts["skipped"] = skipped
     parts["hf_clip"] = any(k.startswith(HF_CLIP_PREFIX) for k in skipped)

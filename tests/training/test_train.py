@@ -105,6 +105,27 @@ def test_diffusion_stage_alone_from_a_trained_autoencoder(debug_run, tmp_path):
     assert torch.equal(ckpt["state_dict"]["first_stage_model." + key], ae["state_dict"]["autoencoder." + key])
 
 
+@pytest.mark.parametrize("normalization", ["channel", "scale"])
+def test_stage_2_takes_stage_1s_latent_statistics(debug_run, tmp_path, normalization):
+    """Per channel (mean and std of each latent channel) or as one scale factor (1 / std)."""
+    ae_ckpt = debug_run / "autoencoder" / "checkpoints" / "last.ckpt"
+    stats = read_checkpoint(ae_ckpt)["latent_stats"]
+    run_dir = tmp_path / "run"
+    result = train_on_debug_data(
+        debug_run, run_dir, f"autoencoder.ckpt_path={ae_ckpt}", "diffusion.max_steps=2",
+        f"diffusion.latent_normalization={normalization}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    if normalization == "channel":
+        assert torch.allclose(state["latent_mean"], torch.tensor(stats["mean"]))
+        assert torch.allclose(state["latent_std"], torch.tensor(stats["std"]))
+        assert state["scale_factor"].item() == 1.0
+    else:
+        assert "latent_mean" not in state and "latent_std" not in state
+        assert state["scale_factor"].item() == pytest.approx(stats["scale_factor"])
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
