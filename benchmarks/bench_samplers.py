@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ldm.benchmark.sampling import CallCounter
 from ldm.eval.evaluate import evaluate_shapes
 from ldm.eval.shapes import SHAPE_PROMPTS
 from ldm.pipeline import Text2Image
@@ -48,21 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def count_calls(module: torch.nn.Module) -> list[int]:
-    """A one-element list that counts the module's forward calls from now on."""
-    counter = [0]
-
-    def hook(*_) -> None:
-        counter[0] += 1
-
-    module.register_forward_hook(hook)
-    return counter
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device)
-    calls = count_calls(pipe.denoiser)
+    calls = CallCounter(pipe.denoiser)
     n_images = len(SHAPE_PROMPTS) * args.n_per_prompt
     n_batches = math.ceil(n_images / args.batch_size)
     # Warm-up (first-call allocations), not timed.
@@ -84,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.schedule:
                 sampler = dataclasses.replace(sampler, schedule=args.schedule)
             pipe.check_request(sampler)
-            calls[0] = 0
+            calls.count = 0
             start, cpu_start = time.perf_counter(), time.process_time()
             score, _ = evaluate_shapes(
                 pipe,
@@ -98,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "sampler": name,
                 "schedule": sampler.schedule,
                 "steps": steps,
-                "model_calls": calls[0] // n_batches,
+                "model_calls": calls.count // n_batches,
                 "color_accuracy": score.color_accuracy,
                 "shape_accuracy": score.shape_accuracy,
                 "n": score.n,

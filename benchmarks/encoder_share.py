@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ldm.autoencoder.model import KLAutoencoder
+from ldm.benchmark.timing import median, time_rounds
 from ldm.conditioning.text import OpenCLIPTextEncoder
 from ldm.config import TrainConfig
 from ldm.denoiser.unet import UNetModel
@@ -106,13 +105,8 @@ def _encoder_share(config: TrainConfig, resolutions: list[int]) -> list[dict]:
 
 
 def _median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()  # untimed: first-call allocations
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    """The median of `repeats` timed runs after one untimed run (first-call allocations)."""
+    return median(time_rounds({"run": run}, rounds=repeats, warmup=1)["run"])
 
 
 def time_components(config: TrainConfig, resolution: int, batch_size: int, repeats: int = 3) -> dict:

@@ -390,3 +390,55 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+BENCH_PARTS = ("train", "sample", "autoencoder", "data")
+"""What ``python -m ldm.bench`` can measure (``bench.parts``)."""
+
+
+@dataclass
+class BenchConfig:
+    """What ``python -m ldm.bench`` measures for the configured model, where and how."""
+
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+    precision: str = "32"
+    """32 (float32), bf16 or fp16: autocast in that dtype on the device (the peak matmul in it too)."""
+    resolution: Optional[int] = None
+    """Image side in pixels (latents: resolution / the autoencoder's factor); null: data.resolution."""
+    batch_sizes: Optional[list[int]] = None
+    """Batch sizes, each measured; null: [diffusion.batch_size or data.batch_size]."""
+    parts: Optional[list[str]] = None
+    """Any of train, sample, autoencoder, data; null: all, data only where it is local (shapes, or
+    webdataset shards that are files on this machine)."""
+    samplers: list[str] = field(default_factory=lambda: ["ddim"])
+    """Presets of conf/sampler timed with classifier-free guidance."""
+    sample_steps: int = 10
+    """Sampler steps per timed sampling run (it/s = steps / the run's seconds)."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance scale of the sampling runs (conditional and unconditional batched)."""
+    compile: bool = False
+    """Wrap the U-Net and the autoencoder's encoder and decoder in torch.compile."""
+    channels_last: bool = False
+    """Networks and their inputs in channels-last memory."""
+    attention: Optional[str] = None
+    """sdpa, xformers or math (sets denoiser.attention_backend); null: the denoiser's."""
+    rounds: int = 5
+    """Timed rounds per measurement (medians are reported)."""
+    warmup: int = 2
+    """Untimed runs before the rounds."""
+    peak_size: Optional[int] = None
+    """Side n of the n x n matmul that measures the peak FLOP/s; null: 8192 on CUDA, 2048 on CPU."""
+    compare: str = "none"
+    """none, or diffusers: the same networks and weights in diffusers, checked to agree, timed beside ours."""
+    out: Optional[str] = None
+    """The JSON report; null: <hydra run dir>/bench.json."""
+    ckpt: Optional[str] = None
+    """A stage-2 checkpoint whose networks and weights to time (null: the config's, random seeded weights)."""
+
+
+@dataclass
+class BenchRunConfig(TrainConfig):
+    """The root config of ``python -m ldm.bench``: the training config and the ``bench`` section."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)

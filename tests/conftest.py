@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configs and one tiny trained run of the debug preset."""
+"""Shared fixtures: tiny configs, one tiny trained run of the debug preset, a clock with known readings."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import math
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -136,3 +139,34 @@ def quiet_trainer(**options):
         limit_val_batches=0,
     )
     return pl.Trainer(**{**defaults, **options})
+
+
+class SquaresClock:
+    """The ``time`` module, except that ``perf_counter`` reads 0, 1, 4, 9, ...: call n reads n^2.
+
+    A benchmark that reads the clock before and after each timed run (calls 2k and 2k + 1) reports
+    (2k + 1)^2 - (2k)^2 = 4k + 1 seconds for its k-th run: 1, 5, 9, 13, ...
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def perf_counter(self) -> float:
+        reading = float(self.calls**2)
+        self.calls += 1
+        return reading
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def squares_clock(monkeypatch):
+    """squares_clock(module) -> a SquaresClock that `module` now reads as its ``time``."""
+
+    def install(module: ModuleType) -> SquaresClock:
+        clock = SquaresClock()
+        monkeypatch.setattr(module, "time", clock)
+        return clock
+
+    return install

@@ -13,14 +13,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_LAYER = ("pytorch_lightning", "lightning", "lightning_fabric", "hydra")
 """Top-level packages that only ``ldm.training`` may import (lightning_fabric: pytorch_lightning's base)."""
+SHIMS = ("ldm.train", "ldm.bench")
+"""``python -m`` shims over training-layer entry points (``ldm.training.train``, ``ldm.training.bench``)."""
 
 IMPORT_CORE = """
 import importlib, json, pkgutil, sys
 import ldm
 
+SHIMS = ("ldm.train", "ldm.bench")
+
 def training_layer(name):
-    # ldm.train is the `python -m ldm.train` shim over ldm.training.train
-    return name == "ldm.train" or name == "ldm.training" or name.startswith("ldm.training.")
+    # ldm.train and ldm.bench are the `python -m` shims over ldm.training.train and ldm.training.bench
+    return name in SHIMS or name == "ldm.training" or name.startswith("ldm.training.")
 
 modules = [m.name for m in pkgutil.walk_packages(ldm.__path__, "ldm.") if not training_layer(m.name)]
 for name in modules:
@@ -57,7 +61,7 @@ def core_module_names() -> set[str]:
         if parts[-1] == "__init__":
             parts = parts[:-1]
         name = ".".join(parts)
-        if name != "ldm" and name != "ldm.train" and not name.startswith("ldm.training."):
+        if name != "ldm" and name not in SHIMS and not name.startswith("ldm.training."):
             names.add(name)
     return names
 
@@ -69,6 +73,7 @@ def test_core_imports_neither_lightning_nor_hydra():
     # `if __name__ == "__main__"` only.
     assert set(report["modules"]) == core_module_names()
     assert {"ldm.pipeline", "ldm.eval.__main__", "ldm.samplers.dpmpp", "ldm.config"} <= set(report["modules"])
+    assert {"ldm.benchmark.run", "ldm.benchmark.diffusers_compare"} <= set(report["modules"])
     assert training_layer_packages(report["loaded"]) == set()
 
 

@@ -82,13 +82,7 @@ class LatentDiffusion(nn.Module):
                 f"{self.cond_stage_model.width}; set them equal"
             )
         alphas_cumprod = alphas_cumprod_from_config(diffusion)
-        self.objective = DiffusionObjective(
-            alphas_cumprod,
-            diffusion.parameterization,
-            loss_weighting=diffusion.loss_weighting,
-            min_snr_gamma=diffusion.min_snr_gamma,
-            offset_noise=diffusion.offset_noise,
-        )
+        self.objective = DiffusionObjective.from_config(diffusion, alphas_cumprod)
         self.model = DiscreteDenoiser(
             UNetModel.from_config(denoiser), alphas_cumprod, diffusion.parameterization
         )

@@ -9,6 +9,8 @@ mean brightness.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,9 @@ from ldm.diffusion.parametrization import check_parameterization
 from ldm.diffusion.schedules import snr_from_alphas_cumprod
 from ldm.diffusion.weighting import check_loss_weighting, loss_weights
 from ldm.samplers.noise import Generators, randn_like
+
+if TYPE_CHECKING:
+    from ldm.config import DiffusionConfig
 
 
 def q_sample(z0: torch.Tensor, alphas_cumprod_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -90,6 +95,17 @@ class DiffusionObjective(nn.Module):
         self.min_snr_gamma = min_snr_gamma
         self.offset_noise = offset_noise
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: DiffusionConfig, alphas_cumprod: torch.Tensor) -> DiffusionObjective:
+        """The objective a DiffusionConfig describes, on the schedule `alphas_cumprod` (built from it)."""
+        return cls(
+            alphas_cumprod,
+            cfg.parameterization,
+            loss_weighting=cfg.loss_weighting,
+            min_snr_gamma=cfg.min_snr_gamma,
+            offset_noise=cfg.offset_noise,
+        )
 
     @property
     def num_timesteps(self) -> int:

@@ -409,6 +409,19 @@ def export_sd(
     The U-Net is the EMA copy when the run kept one and `use_ema`; `dtype` casts floating tensors.
     """
     checkpoint = read_checkpoint(checkpoint_path, expected_stage="diffusion")
+    return export_checkpoint(checkpoint, out_path, use_ema=use_ema, dtype=dtype, configs=configs)
+
+
+def export_checkpoint(
+    checkpoint: dict[str, Any],
+    out_path: str | Path,
+    *,
+    use_ema: bool = True,
+    dtype: Optional[torch.dtype] = None,
+    configs: bool = True,
+) -> list[Path]:
+    """:func:`export_sd` of a stage-2 checkpoint already in memory (``ldm_stage``, ``state_dict`` and
+    ``hyper_parameters``; the text encoder's weights may be left out)."""
     state = sd_state_dict_from_ldm(checkpoint, use_ema)
     scale_factor = _shortest_decimal(state["scale_factor"])  # before any cast
     if dtype is not None:

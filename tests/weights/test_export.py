@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from ldm.benchmark.networks import randomize_
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
 from ldm.diffusion.channel_normalization import denormalize, normalize
 from ldm.diffusion.latent_diffusion import LatentDiffusion
@@ -47,20 +48,6 @@ def sd2_hparams(**replacements) -> dict:
     return {**{k: dataclasses.asdict(v) for k, v in parts.items()}, "image_size": 512}
 
 
-def randomize_(module: torch.nn.Module, seed: int) -> None:
-    """Every parameter random (ours zero-initialise the U-Net's output layers, which would hide errors)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
-            elif name.endswith("weight"):  # norm scales
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-
-
 @pytest.fixture(scope="module", params=["shapes", "debug"])
 def preset_checkpoint(request, tmp_path_factory):
     """(checkpoint path, LatentDiffusion) of a preset's architecture with random weights."""
@@ -73,8 +60,9 @@ def preset_checkpoint(request, tmp_path_factory):
         sampler=config.sampler,
         image_size=config.data.resolution,
     )
-    randomize_(module.model.diffusion_model, 1)
-    randomize_(module.first_stage_model, 2)
+    # Every parameter random: ours zero-initialise the U-Net's output layers, which would hide errors.
+    randomize_(module.model.diffusion_model, torch.Generator().manual_seed(1))
+    randomize_(module.first_stage_model, torch.Generator().manual_seed(2))
     module.scale_factor.fill_(SCALE_FACTOR)
     stats = module.channel_statistics()
     if stats is not None:  # the shapes preset normalizes latents per channel: the export folds it
