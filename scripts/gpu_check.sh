@@ -114,7 +114,7 @@ if [[ "$MODE" != list ]]; then
   mkdir -p "$WORK/bench" "$WORK/hydra"
   : >"$WORK/steps.tsv"
   : >"$OUT_DIR/steps.log"
-  rm -f "$OUT_DIR/summary.json" "$OUT_DIR/summary.md" "$OUT_DIR/tests.xml" "$OUT_DIR/bench.json"
+  rm -f "$OUT_DIR"/{summary.json,summary.md,env.txt,tests.xml,bench.json}
   export PY REPO SITE WHEEL_DIR NEEDED_IMPORTS
   if "$PY" -c "" 2>/dev/null; then REPORT_PY="$PY"; else REPORT_PY=python3; fi
 fi

@@ -79,7 +79,6 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append("| " + " | ".join("" if c is None else str(c).replace("|", "/") for c in cells) + " |")
     counts = {status: sum(s["status"] == status for s in summary["steps"]) for status in STATUSES}
     lines += ["", ", ".join(f"{n} {status}" for status, n in counts.items()) + "."]
-    lines += ["", "Files: env.txt, steps.log (every step's output), tests.xml, bench.json, summary.json."]
     return "\n".join(lines) + "\n"
 
 
@@ -97,10 +96,11 @@ def write_summary(args: argparse.Namespace) -> dict[str, Any]:
     }
     out = Path(args.out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(markdown(summary))
     bench = read_bench(args.bench_dir)
     if bench:
         (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+    files = sorted({p.name for p in out.iterdir() if p.is_file()} | {"summary.md"})
+    (out / "summary.md").write_text(markdown(summary) + f"\nFiles: {', '.join(files)}.\n")
     return summary
 
 
