@@ -37,6 +37,7 @@ def test_two_processes_with_batch_b_equal_one_with_batch_2b(tmp_path):
     assert moved > 1e-5
 
 
+@pytest.mark.gpu  # run by scripts/gpu_check.sh (pytest -m gpu); one GPU is enough
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="Lightning's FSDP strategy runs on CUDA devices only"
 )
