@@ -15,6 +15,11 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+try:
+    from benchmarks import figures  # the repository root on sys.path (tests)
+except ImportError:
+    import figures  # run as a script: benchmarks/ on sys.path
+
 THROUGHPUT = {
     "train": "samples_per_s",
     "sample": "images_per_s",
@@ -44,17 +49,12 @@ def throughput_series(report: dict) -> dict[tuple[str, str], list[tuple[int, flo
 
 def plot(reports: list[dict], labels: list[str], out: Path, parts: list[str] | None = None) -> Path:
     """Write the PNG: a panel per part, a line per (report, case); returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     all_series = [throughput_series(report) for report in reports]
     shown = parts or sorted({part for series in all_series for part, _ in series})
     if not shown:
         raise ValueError("the reports hold no throughput measurements to plot")
-    figure, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
-    for ax, part in zip(axes[0], shown):
+    figure, axes = figures.panels(len(shown))
+    for ax, part in zip(axes, shown):
         for label, series in zip(labels, all_series):
             for (p, case), points in series.items():
                 if p == part:
@@ -63,28 +63,21 @@ def plot(reports: list[dict], labels: list[str], out: Path, parts: list[str] | N
         ax.set(title=part, xlabel="batch size", ylabel="samples/s", xscale="log", yscale="log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
-    return out
+    return figures.save_png(figure, out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("reports", nargs="+", type=Path, help="bench.json files of python -m ldm.bench")
-    p.add_argument("--labels", nargs="+", default=None, help="one per report (default: their device names)")
+    inputs_help = "bench.json files of python -m ldm.bench"
+    p = figures.plot_parser(__doc__, "reports", inputs_help, "their device names", "throughput.png")
     p.add_argument("--parts", nargs="+", default=None, help="parts to plot (default: all that were measured)")
-    p.add_argument("--out", type=Path, default=Path("throughput.png"), help="the PNG")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     reports = [json.loads(path.read_text()) for path in args.reports]
-    labels = args.labels or [report["device"]["name"] for report in reports]
-    if len(labels) != len(reports):
-        raise SystemExit(f"error: {len(reports)} reports but {len(labels)} labels")
+    devices = [report["device"]["name"] for report in reports]
+    labels = figures.check_labels(args.labels or devices, len(reports), "reports")
     return plot(reports, labels, args.out, args.parts)
 
 
