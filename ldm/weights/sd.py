@@ -260,7 +260,9 @@ def ldm_checkpoint_from_sd(
     )
     state_dict = {PREFIXES[name] + k: v for name in PREFIXES for k, v in parts[name].items()}
     state_dict["scale_factor"] = torch.tensor(float(scale))
-    diffusion = dataclasses.replace(arch.diffusion, scale_factor=float(scale), ema=False, init_from=None)
+    diffusion = dataclasses.replace(  # an SD file scales latents by one factor (any normalization is folded in)
+        arch.diffusion, scale_factor=float(scale), latent_normalization="scale", ema=False, init_from=None
+    )
     hyper_parameters = {
         "autoencoder": dataclasses.asdict(arch.autoencoder),
         "denoiser": dataclasses.asdict(arch.denoiser),
