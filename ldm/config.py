@@ -283,6 +283,10 @@ class DataConfig:
     """Batch size per device."""
     num_workers: int = 1
     """DataLoader worker processes."""
+    prefetch_factor: int = 2
+    """Batches each DataLoader worker prepares ahead of the training step."""
+    pin_memory: bool = True
+    """Training on CUDA: batches in page-locked host memory, so their copies to the GPU overlap compute."""
     shuffle_buffer: int = 1_000
     """Samples held in the streaming shuffle buffer."""
     crop: str = "center"

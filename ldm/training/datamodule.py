@@ -65,6 +65,8 @@ class ShardDataModule(pl.LightningDataModule):
         jpeg_draft: bool = True,
         decoders: Optional[tuple[Any, Any]] = None,
         url_weights: Optional[list[float]] = None,
+        prefetch_factor: int = 2,
+        pin_memory: bool = True,
     ):
         super().__init__()
         if not train_urls:
@@ -73,6 +75,10 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        if prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be at least 1, got {prefetch_factor}")
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
         self.train_urls = list(train_urls)
         self.val_urls = list(val_urls)
         self.batch_size = batch_size
@@ -132,9 +138,16 @@ class ShardDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             # Persistent workers keep their dataset copies, whose pass counter sets each epoch's shuffle.
             persistent_workers=self.num_workers > 0,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+            pin_memory=self.pins_memory(),
             drop_last=True,
             collate_fn=collate_samples,
         )
+
+    def pins_memory(self) -> bool:
+        """Whether training batches go to page-locked memory: asked for, and the model is on a CUDA device."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        return self.pin_memory and device is not None and device.type == "cuda"
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in shard order, read in the main process, the same on every call."""
@@ -212,6 +225,8 @@ def build_datamodule(cfg: DataConfig) -> ShardDataModule:
         jpeg_draft=cfg.jpeg_draft,
         decoders=decoders,
         url_weights=url_weights,
+        prefetch_factor=cfg.prefetch_factor,
+        pin_memory=cfg.pin_memory,
     )
 
 

@@ -123,6 +123,7 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     _one_of("data.crop", data.crop, CROPS)
     _at_least("data.batch_size", data.batch_size, 1)
     _at_least("data.num_workers", data.num_workers, 0)
+    _at_least("data.prefetch_factor", data.prefetch_factor, 1)
     _at_least("data.resolution", data.resolution, 1)
     _at_least("data.shuffle_buffer", data.shuffle_buffer, 1)
     _within("data.max_skip_fraction", data.max_skip_fraction, 0, 1)

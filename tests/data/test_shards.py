@@ -253,3 +253,21 @@ def test_loaders_move_uint8_and_the_model_gets_the_float_images(shapes_set):
     expected = torch.stack([sample["image"] for _, sample in zip(range(4), stream)])
     assert on_device["image"].dtype == torch.float32 and torch.equal(on_device["image"], expected)
     assert on_device["image"].min() >= -1 and on_device["image"].max() <= 1
+
+
+def test_loader_prefetches_as_configured_and_pins_memory_only_for_a_cuda_model(shapes_set):
+    from types import SimpleNamespace
+
+    module = make_module(shapes_set, num_workers=1, prefetch_factor=3)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    assert loader.prefetch_factor == 3 and loader.pin_memory is False  # no trainer: nothing on CUDA
+    on = {"cuda": True, "cpu": False}
+    for device, pinned in on.items():
+        module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        assert module.pins_memory() is pinned
+    module.pin_memory = False
+    assert module.pins_memory() is False  # data.pin_memory=false: never
+    assert make_module(shapes_set, num_workers=0).train_dataloader().prefetch_factor is None
+    with pytest.raises(ValueError, match="prefetch_factor must be at least 1"):
+        make_module(shapes_set, prefetch_factor=0)

@@ -29,6 +29,7 @@ IMPOSSIBLE = [
     ("trainer.precision=bf17-mixed", "trainer.precision must be one of auto, "),
     ("logger.kind=tensorbored", "logger.kind must be one of csv, wandb, tensorboard (got 'tensorbored')"),
     ("data.num_workers=-1", "data.num_workers must be >= 0 (got -1)"),
+    ("data.prefetch_factor=0", "data.prefetch_factor must be >= 1 (got 0)"),
     ("sampler.steps=0", "sampler.steps must be >= 1 (got 0)"),
     ("diffusion.latent_normalization=white", "diffusion.latent_normalization must be one of scale, channel"),
     ("diffusion.scale_factor=0.2", "diffusion.scale_factor applies to latent_normalization=scale"),  # debug: channel
