@@ -3,7 +3,9 @@
 Used by ``python -m ldm.sample`` (txt2img, img2img), the evaluator and the training sample-grid
 callback, so that what is tested is what users run. Every image has its own seed: one generator,
 seeded with that seed alone, draws the image's starting noise and then every noise the sampler
-adds (``ldm.samplers.noise``), so a seed gives the same image whatever the batch.
+adds (``ldm.samplers.noise``), so a seed gives the same image whatever the batch. With
+``compile=True`` the denoiser and the autoencoder run compiled with their weights frozen in
+(``ldm.acceleration.compile_frozen``): the first batch of each size compiles, later ones are faster.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ldm.acceleration import compile_frozen
 from ldm.config import SamplerConfig
 from ldm.samplers import get_sampler
 from ldm.samplers.guidance import CFGDenoiser
@@ -45,6 +48,7 @@ class Text2Image:
         scale_factor: float,
         image_size: int,
         sampler: SamplerConfig,
+        compile: bool = False,
     ):
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
@@ -52,9 +56,18 @@ class Text2Image:
         self.scale_factor = float(scale_factor)
         self.image_size = image_size
         self.sampler = sampler
+        # What sampling calls: the networks, or (compile) compiled functions of them; the modules
+        # themselves are left as they are. Compiled ones keep the weights of their first call.
+        self._denoise: Callable[..., torch.Tensor] = denoiser
+        self._encode: Callable[[torch.Tensor], torch.Tensor] = self._posterior_mode
+        self._decode: Callable[[torch.Tensor], torch.Tensor] = autoencoder.decode
+        if compile:
+            self._denoise = compile_frozen(denoiser)
+            self._encode = compile_frozen(self._posterior_mode)
+            self._decode = compile_frozen(autoencoder.decode)
 
     @classmethod
-    def from_module(cls, module: nn.Module) -> Text2Image:
+    def from_module(cls, module: nn.Module, compile: bool = False) -> Text2Image:
         """From a ``LatentDiffusion`` (or the training module built on it; shares its weights)."""
         return cls(
             module.first_stage_model,
@@ -63,16 +76,19 @@ class Text2Image:
             float(module.scale_factor),
             module.image_size,
             module.sampler_config,
+            compile=compile,
         )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> Text2Image:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = None, compile: bool = False
+    ) -> Text2Image:
         """From a stage-2 checkpoint, on `device` (default: CUDA when available, else CPU)."""
         from ldm.weights.checkpoint import load_latent_diffusion
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         module = load_latent_diffusion(path).to(device)
-        return cls.from_module(module)
+        return cls.from_module(module, compile=compile)
 
     @property
     def device(self) -> torch.device:
@@ -184,7 +200,7 @@ class Text2Image:
         accepted = inspect.signature(sample_fn).parameters
         options = {k: v for k, v in options.items() if k in accepted}  # eta only where it applies
         return sample_fn(
-            CFGDenoiser(self.denoiser, sampler.guidance_scale, sampler.guidance_rescale),
+            CFGDenoiser(self._denoise, sampler.guidance_scale, sampler.guidance_rescale),
             x,
             sigmas,
             extra_args={"context": context, "uncond_context": uncond},
@@ -193,12 +209,15 @@ class Text2Image:
             **options,
         )
 
+    def _posterior_mode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(images).mode()
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> scaled latents (the posterior mode times the scale factor)."""
         images = images.to(self.device, next(self.autoencoder.parameters()).dtype)
-        return self.autoencoder.encode(images * 2 - 1).mode() * self.scale_factor
+        return self._encode(images * 2 - 1) * self.scale_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images [B, 3, H, W] in [0, 1], on the CPU."""
-        images = self.autoencoder.decode(latents / self.scale_factor)
+        images = self._decode(latents / self.scale_factor)
         return ((images.float().clamp(-1, 1) + 1) / 2).cpu()

@@ -123,3 +123,33 @@ def test_negative_prompt_is_the_unconditional_branch(pipe):
     )
     direct = pipe(["a blue square"], [3], sampler=SamplerConfig(steps=3, guidance_scale=1.0))
     torch.testing.assert_close(negative, direct, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_samples_what_the_eager_one_does(pipe):
+    """compile=True: the denoiser and the autoencoder compiled, weights frozen in (about a minute here)."""
+    compiled = Text2Image(
+        pipe.autoencoder, pipe.text_encoder, pipe.denoiser, pipe.scale_factor, pipe.image_size, pipe.sampler,
+        compile=True,
+    )  # fmt: skip
+    prompts, seeds = ["a red circle", "a blue square"], [11, 12]
+    expected = compiled(prompts, seeds)
+    torch.testing.assert_close(expected, pipe(prompts, seeds), atol=1e-5, rtol=0)
+    # Compiled indeed, with the weights of the first call: a later change does not reach it.
+    bias = pipe.denoiser.diffusion_model.out[2].bias
+    saved = bias.detach().clone()
+    try:
+        with torch.no_grad():
+            bias.add_(0.5)
+        torch.testing.assert_close(compiled(prompts, seeds), expected, atol=1e-5, rtol=0)
+        assert (pipe(prompts, seeds) - expected).abs().max() > 1e-2
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        compiled.img2img(images, prompts, seeds, strength=0.5),
+        pipe.img2img(images, prompts, seeds, strength=0.5),
+        atol=1e-5,
+        rtol=0,
+    )

@@ -14,9 +14,10 @@ about 32 pixels on. Hence the two thresholds below. The parameters and the state
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ldm.acceleration import any_channels_last
 
 GEMM_MAX_PIXELS = 128
 """Output pixels (batch x height x width) up to which a CPU convolution may run as a GEMM."""
@@ -44,7 +45,7 @@ def _output_size(conv: nn.Conv2d, x: Tensor) -> tuple[int, int]:
 
 
 def gemm_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(x)`` as im2col + one GEMM: (b, c, h, w) -> (b, out, h', w'), in x's memory format."""
+    """``conv(x)`` as im2col + one GEMM: (b, c, h, w) -> (b, out, h', w'), in F.conv2d's memory format."""
     b = x.shape[0]
     h, w = _output_size(conv, x)
     cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (b, c kh kw, h' w')
@@ -52,9 +53,7 @@ def gemm_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
     weight = conv.weight.reshape(conv.out_channels, -1)  # (out, c kh kw): unfold's order of patch values
     out = F.linear(cols, weight, conv.bias)  # (b h' w', out)
     out = out.view(b, h, w, -1).permute(0, 3, 1, 2)  # (b, out, h', w') in channels-last memory
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return out
-    return out.contiguous()
+    return out if any_channels_last(x, conv.weight) else out.contiguous()
 
 
 class Conv2d(nn.Conv2d):

@@ -7,13 +7,8 @@ from torch import nn
 
 from ldm.denoiser import conv as conv_module
 from ldm.denoiser.conv import GEMM_MAX_PIXELS, GEMM_MIN_WEIGHTS, Conv2d, gemm_conv2d, runs_as_gemm
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> None:
-    """Equal to float32 rounding: max |difference| <= 1e-5 x `scale` (default: max |expected|)."""
-    assert actual.shape == expected.shape
-    scale = expected.abs().max().item() if scale is None else scale
-    assert (actual - expected).abs().max().item() <= 1e-5 * scale
+from tests.conftest import assert_float32_close as close
+from tests.conftest import assert_same_gradients, random_tiny_unet
 
 
 @pytest.mark.parametrize(
@@ -28,13 +23,7 @@ def test_gemm_path_equals_conv2d_values_and_gradients(kernel, stride, padding, d
     actual = gemm_conv2d(conv, x)
     close(actual, expected)
     assert actual.is_contiguous()
-    upstream = torch.randn(expected.shape)
-    grads = torch.autograd.grad(expected, [x, conv.weight], upstream)
-    grads_gemm = torch.autograd.grad(actual, [x, conv.weight], upstream)
-    for ours, reference in zip(grads_gemm, grads):
-        close(ours, reference)
-    if bias:
-        close(torch.autograd.grad(gemm_conv2d(conv, x), conv.bias, upstream)[0], upstream.sum((0, 2, 3)))
+    assert_same_gradients(actual, expected, [x, *conv.parameters()])
 
 
 def test_gemm_path_keeps_a_channels_last_input_channels_last():
@@ -81,17 +70,7 @@ def test_conv2d_module_has_nn_conv2d_keys_and_values(monkeypatch):
 
 def test_a_unet_on_the_gemm_path_computes_what_it_computes_on_onednn(monkeypatch):
     """Every convolution of a tiny U-Net forced onto the GEMM path: same outputs and gradients."""
-    from ldm.denoiser import UNetModel
-
-    torch.manual_seed(0)
-    unet = UNetModel(
-        in_channels=4, out_channels=4, model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
-        attention_resolutions=[2], num_head_channels=16, num_heads=-1, transformer_depth=1,
-        context_dim=16, use_linear_in_transformer=True,
-    )  # fmt: skip
-    with torch.no_grad():
-        for p in unet.parameters():  # the zero-initialised output convs too
-            p.add_(0.1 * torch.randn(p.shape))
+    unet = random_tiny_unet()
     x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.randn(2, 5, 16)
 
     def run() -> list[torch.Tensor]:
