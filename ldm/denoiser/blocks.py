@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ldm.denoiser.attention import SpatialTransformer
 from ldm.denoiser.conv import Conv2d
+from ldm.upsampling import upsample_conv
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -111,7 +112,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(b, c, h, w) -> (b, c, 2h, 2w)."""
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return upsample_conv(self.conv, x)  # on the CPU, large ones without the upsampled copy
 
 
 class TimestepEmbedSequential(nn.Sequential):
