@@ -153,3 +153,19 @@ def test_compiled_pipeline_samples_what_the_eager_one_does(pipe):
         atol=1e-5,
         rtol=0,
     )
+
+
+def test_a_sampling_run_projects_the_text_context_once_per_cross_attention(pipe):
+    """The guided batch's context is one tensor for the whole run, so each cross-attention's keys and
+    values (ldm.memo) are computed on the first step only; the next run, with new prompts, recomputes."""
+    attn = pipe.denoiser.diffusion_model.middle_block[1].transformer_blocks[0].attn2
+    calls = []
+    handle = attn.to_k.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        sampler = SamplerConfig(name="euler", steps=4)
+        pipe(["a red circle"], [1], sampler=sampler)
+        assert len(calls) == 1
+        pipe(["a blue square"], [1], sampler=sampler)
+        assert len(calls) == 2
+    finally:
+        handle.remove()
