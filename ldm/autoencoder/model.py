@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ldm.autoencoder.distributions import DiagonalGaussianDistribution
 from ldm.config import AutoencoderConfig
+from ldm.normalization import norm_silu
 from ldm.samplers.noise import Generators
 from ldm.upsampling import upsample_conv
 
@@ -85,8 +86,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, in, H, W] -> [B, out, H, W]."""
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(norm_silu(self.norm1, x))
+        h = self.conv2(self.dropout(norm_silu(self.norm2, h)))
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
         return x + h
@@ -204,7 +205,7 @@ class Encoder(nn.Module):
             if level != self.num_resolutions - 1:
                 h = down.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))
 
 
 class Decoder(nn.Module):
@@ -272,7 +273,7 @@ class Decoder(nn.Module):
                     h = up.attn[index](h)
             if level != 0:
                 h = up.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))
 
 
 class KLAutoencoder(nn.Module):
