@@ -3,7 +3,9 @@
 Used by ``python -m ldm.sample`` (txt2img, img2img), the evaluator and the training sample-grid
 callback, so that what is tested is what users run. Every image has its own seed: one generator,
 seeded with that seed alone, draws the image's starting noise and then every noise the sampler
-adds (``ldm.samplers.noise``), so a seed gives the same image whatever the batch.
+adds (``ldm.samplers.noise``), so a seed gives the same image whatever the batch. With
+``compile=True`` the denoiser and the autoencoder run compiled with their weights frozen in
+(``ldm.acceleration.compile_frozen``): the first batch of each size compiles, later ones are faster.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ldm.acceleration import compile_frozen
 from ldm.config import SamplerConfig
 from ldm.diffusion.channel_normalization import denormalize, normalize
 from ldm.samplers import get_sampler
@@ -47,6 +50,7 @@ class Text2Image:
         image_size: int,
         sampler: SamplerConfig,
         channel_statistics: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        compile: bool = False,
     ):
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
@@ -55,9 +59,18 @@ class Text2Image:
         self.channel_statistics = channel_statistics  # (mean, std) per latent channel, if normalized so
         self.image_size = image_size
         self.sampler = sampler
+        # What sampling calls: the networks, or (compile) compiled functions of them; the modules
+        # themselves are left as they are. Compiled ones keep the weights of their first call.
+        self._denoise: Callable[..., torch.Tensor] = denoiser
+        self._encode: Callable[[torch.Tensor], torch.Tensor] = self._posterior_mode
+        self._decode: Callable[[torch.Tensor], torch.Tensor] = autoencoder.decode
+        if compile:
+            self._denoise = compile_frozen(denoiser)
+            self._encode = compile_frozen(self._posterior_mode)
+            self._decode = compile_frozen(autoencoder.decode)
 
     @classmethod
-    def from_module(cls, module: nn.Module) -> Text2Image:
+    def from_module(cls, module: nn.Module, compile: bool = False) -> Text2Image:
         """From a ``LatentDiffusion`` (or the training module built on it; shares its weights)."""
         return cls(
             module.first_stage_model,
@@ -67,16 +80,19 @@ class Text2Image:
             module.image_size,
             module.sampler_config,
             module.channel_statistics(),
+            compile=compile,
         )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> Text2Image:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = None, compile: bool = False
+    ) -> Text2Image:
         """From a stage-2 checkpoint, on `device` (default: CUDA when available, else CPU)."""
         from ldm.weights.checkpoint import load_latent_diffusion
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         module = load_latent_diffusion(path).to(device)
-        return cls.from_module(module)
+        return cls.from_module(module, compile=compile)
 
     @property
     def device(self) -> torch.device:
@@ -188,7 +204,7 @@ class Text2Image:
         accepted = inspect.signature(sample_fn).parameters
         options = {k: v for k, v in options.items() if k in accepted}  # eta only where it applies
         return sample_fn(
-            CFGDenoiser(self.denoiser, sampler.guidance_scale, sampler.guidance_rescale),
+            CFGDenoiser(self._denoise, sampler.guidance_scale, sampler.guidance_rescale),
             x,
             sigmas,
             extra_args={"context": context, "uncond_context": uncond},
@@ -197,11 +213,14 @@ class Text2Image:
             **options,
         )
 
+    def _posterior_mode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(images).mode()
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> scaled latents (the posterior mode, normalized per channel
         if the model does so, times the scale factor)."""
         images = images.to(self.device, next(self.autoencoder.parameters()).dtype)
-        z = self.autoencoder.encode(images * 2 - 1).mode()
+        z = self._encode(images * 2 - 1)
         if self.channel_statistics is not None:
             z = normalize(z, *self.channel_statistics)
         return z * self.scale_factor
@@ -211,5 +230,5 @@ class Text2Image:
         z = latents / self.scale_factor
         if self.channel_statistics is not None:
             z = denormalize(z, *self.channel_statistics)
-        images = self.autoencoder.decode(z)
+        images = self._decode(z)
         return ((images.float().clamp(-1, 1) + 1) / 2).cpu()

@@ -58,6 +58,11 @@ def add_sampling_args(p: argparse.ArgumentParser, *, outdir: str, steps_help: st
     )
     p.add_argument("--seed", type=int, default=42, help="seed of the first image; image k uses seed + k")
     p.add_argument("--device", type=str, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the denoiser and autoencoder, weights frozen in (the first batch compiles)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,7 +190,7 @@ def txt2img(args: argparse.Namespace) -> list[Path]:
     """Sample the prompts of `args` (txt2img's flags) and write them; returns the images written."""
     check_arguments(args)
     prompts = read_prompts(args)
-    pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device)
+    pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
     sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
     pipe.check_request(sampler, args.H, args.W)
 
@@ -207,7 +212,7 @@ def img2img(args: argparse.Namespace) -> list[Path]:
     """Redraw the init image of `args` (img2img's flags) toward each prompt; returns the images written."""
     check_arguments(args)
     prompts = read_prompts(args)
-    pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device)
+    pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
     sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
     init = load_image(args.init_img, pipe.autoencoder.downsample_factor, args.H, args.W)
     pipe.check_request(sampler, *init.shape[-2:])

@@ -48,6 +48,41 @@ def tiny_module_configs() -> dict:
     )
 
 
+def assert_float32_close(actual: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> None:
+    """Equal to float32 rounding: max |actual - expected| <= 1e-5 x `scale` (default: max |expected|)."""
+    assert actual.shape == expected.shape
+    scale = expected.abs().max().item() if scale is None else scale
+    assert scale > 0
+    assert (actual - expected).abs().max().item() <= 1e-5 * scale
+
+
+def assert_same_gradients(actual: torch.Tensor, expected: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+    """The gradients of `actual` and of `expected` with respect to `inputs`, under one random upstream
+    gradient, agree to float32 rounding."""
+    upstream = torch.randn(expected.shape, generator=torch.Generator().manual_seed(0))
+    ours = torch.autograd.grad(actual, inputs, upstream, retain_graph=True)
+    reference = torch.autograd.grad(expected, inputs, upstream, retain_graph=True)
+    for a, b in zip(ours, reference):
+        assert_float32_close(a, b)
+
+
+def random_tiny_unet(seed: int = 0):
+    """A two-level U-Net (8x8 latents, 16-dim context) with every parameter perturbed, the
+    zero-initialised output convolutions too."""
+    from ldm.denoiser import UNetModel
+
+    torch.manual_seed(seed)
+    unet = UNetModel(
+        in_channels=4, out_channels=4, model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+        attention_resolutions=[2], num_head_channels=16, num_heads=-1, transformer_depth=1,
+        context_dim=16, use_linear_in_transformer=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    return unet
+
+
 def save_tiny_autoencoder(path: Path, config: AutoencoderConfig, seed: int) -> KLAutoencoder:
     """A randomly initialised autoencoder saved as a stage-1 checkpoint (no latent statistics)."""
     torch.manual_seed(seed)

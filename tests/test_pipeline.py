@@ -155,3 +155,49 @@ def test_per_channel_normalization_samples_as_its_folded_export():
     torch.testing.assert_close(ours.encode(images), folded.encode(images), atol=1e-5, rtol=1e-5)
     batch = {"image": images * 2 - 1}
     torch.testing.assert_close(channel.latents_of(batch, sample=False), folded.encode(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_samples_what_the_eager_one_does(pipe):
+    """compile=True: the denoiser and the autoencoder compiled, weights frozen in (about a minute here)."""
+    compiled = Text2Image(
+        pipe.autoencoder, pipe.text_encoder, pipe.denoiser, pipe.scale_factor, pipe.image_size, pipe.sampler,
+        compile=True,
+    )  # fmt: skip
+    prompts, seeds = ["a red circle", "a blue square"], [11, 12]
+    expected = compiled(prompts, seeds)
+    torch.testing.assert_close(expected, pipe(prompts, seeds), atol=1e-5, rtol=0)
+    # Compiled indeed, with the weights of the first call: a later change does not reach it.
+    bias = pipe.denoiser.diffusion_model.out[2].bias
+    saved = bias.detach().clone()
+    try:
+        with torch.no_grad():
+            bias.add_(0.5)
+        torch.testing.assert_close(compiled(prompts, seeds), expected, atol=1e-5, rtol=0)
+        assert (pipe(prompts, seeds) - expected).abs().max() > 1e-2
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        compiled.img2img(images, prompts, seeds, strength=0.5),
+        pipe.img2img(images, prompts, seeds, strength=0.5),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def test_a_sampling_run_projects_the_text_context_once_per_cross_attention(pipe):
+    """The guided batch's context is one tensor for the whole run, so each cross-attention's keys and
+    values (ldm.memo) are computed on the first step only; the next run, with new prompts, recomputes."""
+    attn = pipe.denoiser.diffusion_model.middle_block[1].transformer_blocks[0].attn2
+    calls = []
+    handle = attn.to_k.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        sampler = SamplerConfig(name="euler", steps=4)
+        pipe(["a red circle"], [1], sampler=sampler)
+        assert len(calls) == 1
+        pipe(["a blue square"], [1], sampler=sampler)
+        assert len(calls) == 2
+    finally:
+        handle.remove()

@@ -212,3 +212,23 @@ def test_ldm_full_error_shows_the_traceback(monkeypatch):
     assert result.stderr.strip().splitlines()[-1] == "ValueError: --n_samples must be >= 1, got 0"
     with pytest.raises(ValueError, match="--n_samples must be >= 1"):
         main(["txt2img", "--prompt", "a", "--n_samples", "0", "--ckpt", "x.ckpt"])
+
+
+@pytest.mark.parametrize("mode", ["txt2img", "img2img"])
+def test_compile_flag_reaches_the_pipeline(ckpt, tmp_path, init_img, monkeypatch, mode):
+    """--compile builds a compiled pipeline (what it samples: tests/test_pipeline.py); off by default."""
+    asked = []
+    load = Text2Image.from_checkpoint
+
+    def from_checkpoint(path, device=None, compile=False):
+        asked.append(compile)
+        return load(path, device)  # eager here: compiling the tiny model takes a minute
+
+    monkeypatch.setattr(Text2Image, "from_checkpoint", from_checkpoint)
+    args = [mode, "--ckpt", str(ckpt), "--prompt", "a red circle", "--n_samples", "1", "--steps", "1"]
+    args += ["--device", "cpu", "--outdir", str(tmp_path / "out")]
+    if mode == "img2img":
+        args += ["--init-img", str(init_img)]
+    run(args)
+    run([*args, "--compile"])
+    assert asked == [False, True]

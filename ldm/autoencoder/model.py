@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from ldm.autoencoder.distributions import DiagonalGaussianDistribution
 from ldm.config import AutoencoderConfig
+from ldm.normalization import norm_silu
 from ldm.samplers.noise import Generators
+from ldm.upsampling import upsample_conv
 
 NUM_GROUPS = 32
 """GroupNorm groups throughout the autoencoder (LDM/SD's value, the default)."""
@@ -84,8 +86,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, in, H, W] -> [B, out, H, W]."""
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(norm_silu(self.norm1, x))
+        h = self.conv2(self.dropout(norm_silu(self.norm2, h)))
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
         return x + h
@@ -104,12 +106,17 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, C, H, W] -> [B, C, H, W]; softmax(q k^T / sqrt(C)) v."""
-        _, _, height, width = x.shape
-        h = self.norm(x)
-        q, k, v = (rearrange(f(h), "b c h w -> b 1 (h w) c") for f in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)  # [B, 1, HW, C], scale 1/sqrt(C)
-        h = rearrange(h, "b 1 (h w) c -> b c h w", h=height, w=width)
-        return x + self.proj_out(h)
+        _, channels, height, width = x.shape
+        tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")
+        # The 1x1 convolutions as linear maps of the tokens (the same weights, seen as [C, C]): one
+        # layout change in and one out, contiguous q, k, v for the fused attention kernel.
+        q, k, v = (
+            F.linear(tokens, f.weight.view(channels, channels), f.bias) for f in (self.q, self.k, self.v)
+        )
+        h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # [B, HW, C], 1/sqrt(C)
+        h = F.linear(h, self.proj_out.weight.view(channels, channels), self.proj_out.bias)
+        # x first: the sum takes x's memory format, not the transposed one of the tokens.
+        return x + rearrange(h, "b (h w) c -> b c h w", h=height, w=width)
 
 
 class Downsample(nn.Module):
@@ -134,7 +141,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, C, H, W] -> [B, C, 2H, 2W]."""
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return upsample_conv(self.conv, x)  # on the CPU, large ones without the upsampled copy
 
 
 class Encoder(nn.Module):
@@ -198,7 +205,7 @@ class Encoder(nn.Module):
             if level != self.num_resolutions - 1:
                 h = down.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))
 
 
 class Decoder(nn.Module):
@@ -266,7 +273,7 @@ class Decoder(nn.Module):
                     h = up.attn[index](h)
             if level != 0:
                 h = up.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))
 
 
 class KLAutoencoder(nn.Module):

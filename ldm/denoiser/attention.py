@@ -19,6 +19,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ldm.memo import TensorMemo
+
 logger = logging.getLogger(__name__)
 
 ATTENTION_BACKENDS = ("sdpa", "xformers", "math")
@@ -103,15 +105,30 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        self._context_keys_values: TensorMemo[tuple[Tensor, Tensor]] = TensorMemo()
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """x: (b, n, query_dim), context: (b, m, context_dim) or None -> (b, n, query_dim)."""
-        context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if context is None:
+            k, v = self.to_k(x), self.to_v(x)
+        else:
+            k, v = self._keys_values(context)
+        q = self.to_q(x)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         out = attention(q, k, v, self.backend)
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.to_out(out)
+
+    def _keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """to_k(context), to_v(context); in sampling, computed once for the run's context.
+
+        Every step of a sampling run attends to the same text context, so its keys and values are
+        the same on every step (ldm.memo.TensorMemo keeps them while the context and both weights
+        are the same unchanged tensors, and never under autograd): SD 2's U-Net spent 12-15% of a
+        sampling step at 16x16 latents on these projections (one CPU thread).
+        """
+        inputs = (context, self.to_k.weight, self.to_v.weight)
+        return self._context_keys_values.get(inputs, lambda: (self.to_k(context), self.to_v(context)))
 
 
 class GEGLU(nn.Module):

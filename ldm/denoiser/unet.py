@@ -23,6 +23,7 @@ from ldm.denoiser.blocks import (
     normalization,
     timestep_embedding,
 )
+from ldm.denoiser.conv import Conv2d
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class UNetModel(nn.Module):
         # Encoder: input_blocks.0 is conv_in; then per level num_res_blocks x [ResBlock, (transformer)],
         # and a Downsample after every level but the last. Each block's output is kept as a skip.
         self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))]
+            [TimestepEmbedSequential(Conv2d(in_channels, model_channels, 3, padding=1))]
         )
         skip_channels = [model_channels]
         ch, factor = model_channels, 1
@@ -127,7 +128,7 @@ class UNetModel(nn.Module):
                     factor //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), Conv2d(ch, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
 

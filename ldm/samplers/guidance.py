@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from ldm.memo import TensorMemo
+
 
 def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
     """Eq. 15-16 of Lin et al. 2024: blend `guided` with its copy rescaled to `cond`'s per-sample std."""
@@ -45,6 +47,8 @@ class CFGDenoiser:
         self.denoiser = denoiser
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
+        # The same tensor on every step of a run, so that the denoiser may reuse what it derives from it.
+        self._batched_context: TensorMemo[torch.Tensor] = TensorMemo()
 
     def __call__(
         self,
@@ -57,9 +61,9 @@ class CFGDenoiser:
         if uncond_context is None or self.guidance_scale == 1.0:
             return self.denoiser(x, sigma, context)
         # [2B, ...]: unconditional first, conditional second
-        out = self.denoiser(
-            torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond_context, context])
-        )
+        contexts = (uncond_context, context)
+        batched_context = self._batched_context.get(contexts, lambda: torch.cat(contexts))
+        out = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), batched_context)
         uncond, cond = out.chunk(2)
         guided = uncond + self.guidance_scale * (cond - uncond)
         return rescale_guidance(guided, cond, self.guidance_rescale)

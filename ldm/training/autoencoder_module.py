@@ -22,6 +22,7 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchvision.utils import save_image
 
+from ldm.acceleration import channels_last_, compile_in_place
 from ldm.autoencoder.discriminator import NLayerDiscriminator
 from ldm.autoencoder.latent_stats import CHECKPOINT_KEY, compute_latent_stats
 from ldm.autoencoder.losses import AutoencoderLoss
@@ -92,6 +93,17 @@ class AutoencoderModule(pl.LightningModule):
         self._fid: list[Any] = []  # torchmetrics FID, kept out of the state dict
         # Plain dicts, lists and numbers only, so checkpoints load with weights_only=True.
         self.save_hyperparameters({"autoencoder": dataclasses.asdict(config)})
+
+    def accelerate(self, *, compile: bool = False, channels_last: bool = False) -> None:
+        """trainer.compile / trainer.channels_last for stage 1, in place. Channels-last: the autoencoder
+        and the loss's networks (LPIPS, discriminator), which take its reconstructions. Compile: the
+        encoder and the decoder (the posterior's per-sample draws between them stay eager)."""
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+            channels_last_(self.autoencoder)
+        if compile:
+            compile_in_place(self.autoencoder.encoder)
+            compile_in_place(self.autoencoder.decoder)
 
     def _clip(self, optimizer: Any) -> None:
         if self.gradient_clip_val:

@@ -16,6 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from ldm.acceleration import accelerate_
 from ldm.diffusion.latent_diffusion import LatentDiffusion
 from ldm.optim import adamw, lr_multiplier
 from ldm.training.precision import fused_allowed
@@ -35,6 +36,11 @@ class LatentDiffusionModule(LatentDiffusion, pl.LightningModule):
         self.step_skipped = False  # set by NonFiniteGuard: no EMA update after a skipped step
         self.seed = 0  # the run's seed (train.py sets it): per-sample draws come from (seed, step, sample)
         self.loss_terms: dict[str, torch.Tensor] = {}
+
+    def accelerate(self, *, compile: bool = False, channels_last: bool = False) -> None:
+        """trainer.compile / trainer.channels_last: for the U-Net, the network that trains (in place;
+        the EMA copy, used for validation and sampling weights only, stays as it is)."""
+        accelerate_(self.model.diffusion_model, compile=compile, channels_last=channels_last)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         generators = None  # the global generator when stepped by hand, without a Trainer

@@ -144,6 +144,7 @@ def train_autoencoder(
     if resume is not None:
         ae_config = autoencoder_config(config, resume.hparams["autoencoder"], resume.path)
     module = AutoencoderModule(ae_config, gradient_clip_val=config.trainer.gradient_clip_val)
+    module.accelerate(compile=config.trainer.compile, channels_last=config.trainer.channels_last)
     module.seed = config.seed
     datamodule.batch_size = config.autoencoder.batch_size or config.data.batch_size
     trainer = build_trainer(config, run_dir, "autoencoder", config.autoencoder.max_steps, [], module)
@@ -290,6 +291,7 @@ def fit_diffusion(
     resume: Optional[str] = None,
 ) -> Path:
     """Run stage 2's Trainer on a built module; returns the checkpoint."""
+    module.accelerate(compile=config.trainer.compile, channels_last=config.trainer.channels_last)
     module.seed = config.seed
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info(

@@ -146,3 +146,23 @@ def test_spatial_transformer_returns_its_input_layout():
         torch.nn.init.normal_(block.proj_out.weight)
         out = block(torch.randn(2, 32, 4, 4), torch.randn(2, 3, 8))
     assert out.is_contiguous()
+
+
+def test_cross_attention_projects_a_sampling_runs_context_once():
+    torch.manual_seed(0)
+    attn = CrossAttention(query_dim=16, context_dim=8, heads=2, dim_head=8)
+    projections = []
+    attn.to_k.register_forward_hook(lambda *_: projections.append(1))
+    x, context = torch.randn(2, 5, 16), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        first = attn(x, context)
+        second = attn(x + 1, context)  # the next step: new latents, the same context
+        assert len(projections) == 1
+        fresh = CrossAttention(query_dim=16, context_dim=8, heads=2, dim_head=8)
+        fresh.load_state_dict(attn.state_dict())
+        assert torch.equal(first, fresh(x, context)) and torch.equal(second, fresh(x + 1, context))
+        attn.to_v.weight.mul_(2)  # weights changed in place (an optimizer or EMA swap): recomputed
+        fresh.to_v.weight.mul_(2)
+        assert torch.equal(attn(x, context), fresh(x, context)) and len(projections) == 2
+    attn(x, context).sum().backward()  # with autograd: projected on every call, gradients reach to_k
+    assert len(projections) == 3 and attn.to_k.weight.grad.abs().sum() > 0

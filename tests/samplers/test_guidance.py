@@ -61,3 +61,19 @@ def test_guidance_rescale_is_per_sample():
 def test_guidance_rescale_out_of_range_raises(rescale):
     with pytest.raises(ValueError, match="guidance rescale must be in"):
         CFGDenoiser(Linear(), 5.0, guidance_rescale=rescale)
+
+
+def test_every_step_of_a_run_gets_the_same_batched_context():
+    seen = []
+
+    def denoiser(x, sigma, context):
+        seen.append(context)
+        return x
+
+    cfg = CFGDenoiser(denoiser, 3.0)
+    cond, uncond = torch.randn(2, 4, 8), torch.zeros(2, 4, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            cfg(torch.randn(2, 1), torch.ones(2), cond, uncond)
+    assert seen[0] is seen[1] is seen[2]
+    torch.testing.assert_close(seen[0], torch.cat([uncond, cond]), atol=0, rtol=0)

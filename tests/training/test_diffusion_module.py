@@ -13,7 +13,7 @@ from ldm.denoiser.blocks import ResBlock
 from ldm.pipeline import Text2Image
 from ldm.training.diffusion_module import LatentDiffusionModule
 from ldm.weights.checkpoint import load_latent_diffusion
-from tests.conftest import tiny_module_configs
+from tests.conftest import quiet_trainer, tiny_module_configs
 
 PROMPTS, SEEDS = ["a red circle", "a blue square"], [3, 4]
 
@@ -151,3 +151,30 @@ def test_options_reach_the_networks():
     configs["diffusion"] = DiffusionConfig(zero_terminal_snr=True)
     with pytest.raises(ValueError, match="needs parameterization v or x0"):
         LatentDiffusionModule(**configs)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_a_compiled_channels_last_run_loads_into_an_eager_model(tmp_path):
+    """trainer.compile and trainer.channels_last leave the checkpoint's keys and values loadable."""
+    module = _module()
+    module.accelerate(compile=True, channels_last=True)
+    unet = module.model.diffusion_model
+    assert unet.out[2].weight.is_contiguous(memory_format=torch.channels_last)
+    before = unet.out[2].weight.detach().clone()
+    trainer = quiet_trainer(max_steps=2)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_batches(2), batch_size=None))
+    assert trainer.global_step == 2 and not torch.equal(unet.out[2].weight, before)
+    path = tmp_path / "compiled.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)
+
+    reloaded = load_latent_diffusion(path)  # a new eager model; strict: every key must match
+    trained = module.state_dict()
+    for key, value in reloaded.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    # The eager copy samples what the trained weights sample when run eagerly and contiguous.
+    eager = _module()
+    eager.load_state_dict({k: v.contiguous() for k, v in trained.items()})
+    eager.eval()
+    torch.testing.assert_close(
+        Text2Image.from_module(reloaded)(PROMPTS, SEEDS), Text2Image.from_module(eager)(PROMPTS, SEEDS)
+    )

@@ -135,6 +135,30 @@ def test_diffusers_single_file_loaders_compute_what_our_networks_compute(
     assert_close(actual, expected)
 
 
+def test_the_cpu_fast_paths_compute_what_diffusers_computes(preset_checkpoint, tmp_path, monkeypatch):
+    """The same agreement with every U-Net convolution on the GEMM path (ldm/denoiser/conv.py) and every
+    upsampling by phase convolutions (ldm/upsampling.py), which these small presets do not reach."""
+    from ldm import upsampling
+    from ldm.denoiser import conv
+
+    monkeypatch.setattr(conv, "GEMM_MIN_WEIGHTS", 1)
+    monkeypatch.setattr(conv, "GEMM_MAX_PIXELS", 10**9)
+    monkeypatch.setattr(upsampling, "PHASE_MIN_PIXELS", 0)
+    calls = {"gemm": 0, "phases": 0}
+
+    def counted(name, function):
+        def call(*args):
+            calls[name] += 1
+            return function(*args)
+
+        return call
+
+    monkeypatch.setattr(conv, "gemm_conv2d", counted("gemm", conv.gemm_conv2d))
+    monkeypatch.setattr(upsampling, "phase_upsample_conv", counted("phases", upsampling.phase_upsample_conv))
+    test_diffusers_single_file_loaders_compute_what_our_networks_compute(preset_checkpoint, tmp_path, monkeypatch)
+    assert calls["gemm"] > 0 and calls["phases"] > 0
+
+
 def test_an_ldm_yaml_would_load_the_8_group_vae_silently_wrong(
     preset_checkpoint, tmp_path, monkeypatch, caplog
 ):
