@@ -445,6 +445,11 @@ class BenchConfig:
     """Side n of the n x n matmul that measures the peak FLOP/s; null: 8192 on CUDA, 2048 on CPU."""
     compare: str = "none"
     """none, or diffusers: the same networks and weights in diffusers, checked to agree, timed beside ours."""
+    compare_optimizer: bool = True
+    """With compare=diffusers: the compared training step includes each side's AdamW update. false: forward,
+    loss and backward only, gradients freed after each step (for networks whose two sets of AdamW moments do
+    not fit in memory side by side, e.g. SD 2's U-Net on 24 GB; benchmarks/bench_optimizer.py times the
+    optimizers alone)."""
     out: Optional[str] = None
     """The JSON report; null: <hydra run dir>/bench.json."""
     ckpt: Optional[str] = None

@@ -42,6 +42,7 @@ class BenchSettings:
     channels_last: bool
     attention: Optional[str]
     compare: str
+    compare_optimizer: bool = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -140,6 +141,7 @@ def resolve_settings(config: BenchRunConfig) -> BenchSettings:
         channels_last=bench.channels_last,
         attention=bench.attention,
         compare=bench.compare,
+        compare_optimizer=bench.compare_optimizer,
     )
 
 
