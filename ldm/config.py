@@ -256,11 +256,43 @@ class DataFiltersConfig:
 
 
 @dataclass
+class ComposeTaskMix:
+    """Relative weights of the kinds of scene in the compose world (data=shapes_compose)."""
+
+    single: float = 0.2
+    """One object: "a red circle"."""
+    count: float = 0.2
+    """Two or three objects of one colour and shape: "three blue squares"."""
+    pair: float = 0.25
+    """Two different objects: "a red circle and a blue square"."""
+    relation: float = 0.35
+    """Two different objects, one left of, right of, above or below the other: "a red circle above a
+    blue square"."""
+
+
+@dataclass
+class ComposeConfig:
+    """The compose world (data=shapes_compose): scenes of one to three shapes (ldm/data/compose.py)."""
+
+    held_out: list[str] = field(
+        default_factory=lambda: ["red triangle", "green circle", "blue square", "yellow triangle"]
+    )
+    """Colour-shape pairs ("red triangle") that no training image or caption shows; the compose
+    evaluator reports them apart. The default takes one pair of each shape and a fourth triangle,
+    from four colours, so every colour and every shape is still seen with others."""
+    task_mix: ComposeTaskMix = field(default_factory=lambda: ComposeTaskMix())
+    """How often each kind of scene is drawn."""
+    size_words: float = 0.5
+    """Fraction of captions that name each object's size ("a small red circle ...")."""
+
+
+@dataclass
 class DataConfig:
     """Where training images and captions come from (webdataset shards)."""
 
     name: str = "shapes"
-    """Data set: shapes (built-in synthetic set, generated on first use) or webdataset (your shards)."""
+    """Data set: shapes (built-in synthetic set, generated on first use), shapes_compose (built-in scenes
+    of one to three shapes with counting, pair and position captions) or webdataset (your shards)."""
     train_shards: Optional[str] = None
     """webdataset: training shards, a brace pattern ('/data/{000000..000999}.tar'), '::'-joined patterns, or @file."""
     val_shards: Optional[str] = None
@@ -279,6 +311,8 @@ class DataConfig:
     """Validation images in the synthetic set."""
     samples_per_shard: int = 1_000
     """Images per tar shard when writing the synthetic set."""
+    compose: ComposeConfig = field(default_factory=lambda: ComposeConfig())
+    """data=shapes_compose: held-out colour-shape pairs, mix of scene kinds, size words."""
     batch_size: int = 32
     """Batch size per device."""
     num_workers: int = 1

@@ -17,6 +17,7 @@ from ldm.autoencoder.discriminator import DISC_NORMS
 from ldm.autoencoder.losses import DISC_LOSSES, RECONSTRUCTION_LOSSES
 from ldm.conditioning.text import LAYERS
 from ldm.config import AutoencoderConfig, TrainConfig
+from ldm.data.compose import ComposeRules
 from ldm.data.decode import CROPS
 from ldm.data.shards import DATA_SETS
 from ldm.denoiser.attention import ATTENTION_BACKENDS
@@ -120,6 +121,11 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     _one_of("sampler.schedule", sampler.schedule, SCHEDULES)
     _one_of("sampler.spacing", sampler.spacing, SPACINGS)
     _one_of("data.name", data.name, DATA_SETS)
+    if data.name == "shapes_compose":
+        try:
+            ComposeRules.from_config(data.compose)
+        except ValueError as error:
+            raise ConfigError(f"config: {error}") from None
     _one_of("data.crop", data.crop, CROPS)
     _at_least("data.batch_size", data.batch_size, 1)
     _at_least("data.num_workers", data.num_workers, 0)
