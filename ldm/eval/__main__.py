@@ -4,6 +4,9 @@ Samples every "a {color} {shape}" prompt (6 colors x 3 shapes) n times with the 
 sampler (or the one given), classifies each image analytically, and prints the accuracies as
 JSON; --out also writes them to a file and --grid saves all samples (one row per prompt).
 --suite compose scores the compose world's prompts instead, GenEval's way (ldm/eval/compose.py).
+--seeds 0 1234 5678 evaluates several seed sets (set s samples seeds s .. s + n - 1) and reports
+each, their mean and their min. --metrics fid kid clip adds FID and KID against --reference DIR
+and CLIP score, with feature extractors read from local files only (ldm/eval/metrics.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from torchvision.utils import save_image
 from ldm.cli import command_parser, run_command
 from ldm.config import SamplerConfig
 from ldm.eval.compose import evaluate_compose, held_out_of_run
-from ldm.eval.evaluate import evaluate_shapes
+from ldm.eval.evaluate import evaluate_seed_sets, seed_set_report
+from ldm.eval.metrics import add_metric_arguments, check_metric_arguments, metrics_from_arguments
+from ldm.eval.shapes import SHAPE_PROMPTS
 from ldm.pipeline import Text2Image
 from ldm.samplers.presets import sampler_preset
 
@@ -29,7 +34,8 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--ckpt", required=True, help="stage-2 checkpoint")
     p.add_argument("--suite", choices=("shapes", "compose"), default="shapes", help="which prompts and rules")
     p.add_argument("--n_per_prompt", type=int, default=8, help="samples per prompt")
-    p.add_argument("--seed", type=int, default=0, help="sample j of each prompt uses seed + j")
+    p.add_argument("--seed", type=int, default=None, help="sample j of each prompt uses seed + j (default 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seed sets, each as --seed")
     p.add_argument("--sampler", default=None, help="a preset of conf/sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the sampler's)")
     p.add_argument("--scale", type=float, default=None, help="guidance scale (default: the sampler's)")
@@ -37,36 +43,43 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     p.add_argument("--grid", default=None, help="save all samples as a grid PNG here")
+    add_metric_arguments(p)
     args = p.parse_args(argv)
+    if args.seed is not None and args.seeds is not None:
+        p.error("give --seed or --seeds, not both")
+    check_metric_arguments(p, args)
+    seeds = args.seeds or [0 if args.seed is None else args.seed]
+    if args.suite == "compose" and (len(seeds) > 1 or args.metrics):
+        p.error("--suite compose takes one seed set and no --metrics")
 
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device)
     sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
     if args.suite == "compose":
-        return run_compose(args, pipe, sampler)
-    score, images = evaluate_shapes(
-        pipe,
-        n_per_prompt=args.n_per_prompt,
-        seed=args.seed,
-        sampler=sampler,
-        batch_size=args.batch_size,
+        return run_compose(args, pipe, sampler, seeds[0])
+    scores, images = evaluate_seed_sets(
+        pipe, seeds, n_per_prompt=args.n_per_prompt, sampler=sampler, batch_size=args.batch_size,
         progress=True,
-    )
-    result = {"ckpt": str(args.ckpt), "sampler": vars(sampler), **score.to_dict()}
+    )  # fmt: skip
+    result = {"ckpt": str(args.ckpt), "sampler": vars(sampler), **seed_set_report(seeds, scores)}
+    captions = [prompt for prompt, _, _ in SHAPE_PROMPTS for _ in range(len(seeds) * args.n_per_prompt)]
+    result.update(metrics_from_arguments(args, images, captions, device=pipe.device))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     if args.grid:
-        save_image(images, args.grid, nrow=args.n_per_prompt, padding=1)
-    summary = {k: result[k] for k in ("color_accuracy", "shape_accuracy", "n")}
+        save_image(images, args.grid, nrow=len(seeds) * args.n_per_prompt, padding=1)
+    shown = ["color_accuracy", "shape_accuracy", "n", *(["seeds", "mean", "min"] if len(seeds) > 1 else [])]
+    shown += [key for key in ("fid", "kid", "kid_std", "clip_score") if key in result]
+    summary = {key: result[key] for key in shown}
     sys.stdout.write(json.dumps({**summary, "sampler": result["sampler"]}) + "\n")
     return result
 
 
-def run_compose(args: argparse.Namespace, pipe: Text2Image, sampler: SamplerConfig) -> dict:
+def run_compose(args: argparse.Namespace, pipe: Text2Image, sampler: SamplerConfig, seed: int) -> dict:
     """``--suite compose``: evaluate, write and print as the shapes suite does; returns the full result."""
     score, images = evaluate_compose(
         pipe,
         n_per_prompt=args.n_per_prompt,
-        seed=args.seed,
+        seed=seed,
         sampler=sampler,
         batch_size=args.batch_size,
         progress=True,

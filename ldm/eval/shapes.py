@@ -193,7 +193,12 @@ def score_images(
         tally[1] += int(color_hit)
         tally[2] += int(shape_hit)
 
-    n = len(images)
+    return score_from_tallies(tallies)
+
+
+def score_from_tallies(tallies: dict[str, list[int]]) -> ShapesScore:
+    """The score of per-prompt tallies {prompt: [images, colour hits, shape hits]}."""
+    n = sum(t[0] for t in tallies.values())
     return ShapesScore(
         color_accuracy=sum(t[1] for t in tallies.values()) / n,
         shape_accuracy=sum(t[2] for t in tallies.values()) / n,
