@@ -126,6 +126,9 @@ class UNetConfig:
     """Gradient checkpointing of residual and transformer blocks."""
     attention_backend: str = "sdpa"
     """Attention implementation: sdpa, xformers or math."""
+    guidance_embed_dim: int = 0
+    """Sinusoidal features of the guidance scale w fed to an MLP added to the time embedding (a
+    guidance-distilled student, Meng et al. 2023; stage=distill sets it, 0 there: model_channels); 0: none."""
 
 
 @dataclass
@@ -229,6 +232,34 @@ class SamplerConfig:
     """Sigma schedule: discrete (the model's own timesteps, by spacing), karras (rho 7) or exponential."""
     spacing: str = "trailing"
     """Which training timesteps the discrete schedule visits: trailing, leading or linspace."""
+
+
+@dataclass
+class DistillConfig:
+    """stage=distill: progressive distillation of a stage-2 checkpoint (diffusion.init_from) into few-step
+    students (Salimans & Ho 2022), after guided distillation (Meng et al. 2023) when guidance is on."""
+
+    start_steps: int = 64
+    """Sampler steps of the first round's teacher (and the timesteps of guided distillation); each round
+    halves them."""
+    end_steps: int = 4
+    """Sampler steps of the last student; start_steps / end_steps must be a power of two."""
+    steps_per_round: int = 2000
+    """Optimizer steps of each halving round."""
+    guidance: bool = True
+    """Distil classifier-free guidance: the student takes the scale w as an input (one network call per
+    sampling step) and learns the teacher's guided output for w drawn from guidance_range."""
+    guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])
+    """[low, high]: the guidance scales w drawn uniformly per sample (guidance: true)."""
+    guidance_steps: int = 2000
+    """Optimizer steps of stage 1, guided distillation on start_steps' timesteps (0: straight to the
+    rounds)."""
+    parameterization: str = "v"
+    """What the students predict: v or x0 (bounded at low SNR, as Salimans & Ho recommend for few
+    steps), or eps."""
+    loss_weighting: str = "truncated_snr"
+    """truncated_snr: max(SNR, 1) on the x error (Salimans & Ho 2022); uniform: the MSE of the
+    students' output."""
 
 
 @dataclass
@@ -423,7 +454,8 @@ class TrainConfig:
     """The root config of ``python -m ldm.train``."""
 
     stage: str = "all"
-    """all (autoencoder then diffusion), autoencoder, or diffusion."""
+    """all (autoencoder then diffusion), autoencoder, diffusion, or distill (of a trained stage 2,
+    diffusion.init_from)."""
     resume: Optional[str] = None
     """A stage-1 or stage-2 checkpoint of an earlier run to continue: weights, optimizers, step, EMA,
     and the data stream where it stopped (architecture from the checkpoint); or auto: the newest
@@ -438,6 +470,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 BENCH_PARTS = ("train", "sample", "autoencoder", "data")

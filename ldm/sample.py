@@ -192,7 +192,7 @@ def txt2img(args: argparse.Namespace) -> list[Path]:
     prompts = read_prompts(args)
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
     sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
-    pipe.check_request(sampler, args.H, args.W)
+    pipe.check_request(sampler, args.H, args.W, args.negative_prompt)
 
     def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
         return pipe(
@@ -215,7 +215,7 @@ def img2img(args: argparse.Namespace) -> list[Path]:
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
     sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
     init = load_image(args.init_img, pipe.autoencoder.downsample_factor, args.H, args.W)
-    pipe.check_request(sampler, *init.shape[-2:])
+    pipe.check_request(sampler, *init.shape[-2:], args.negative_prompt)
 
     def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
         return pipe.img2img(

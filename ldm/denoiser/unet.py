@@ -3,12 +3,19 @@
 An encoder of residual blocks (with spatial transformers at chosen downsampling factors) and
 stride-2 convs, a middle block, and a decoder that concatenates the matching encoder activation
 before each residual block. The state dict matches SD's ``model.diffusion_model.*`` keys exactly.
+
+A guidance-distilled student (Meng et al. 2023) also takes the classifier-free guidance scale w:
+with ``guidance_embed_dim`` > 0, sinusoidal features of w pass through a small MLP
+(``guidance_embed.*``, the only keys SD's layout lacks) whose output is added to the time embedding.
+Its last layer starts at zero, so a student built from a teacher's weights starts as the teacher's
+conditional model. With 0 (the default) there is no such module and no such keys.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +33,10 @@ from ldm.denoiser.blocks import (
 from ldm.denoiser.conv import Conv2d
 
 logger = logging.getLogger(__name__)
+
+GUIDANCE_EMBED_SCALE = 1000.0
+"""w is embedded as a timestep of w * 1000 (as LCM's pipeline embeds it), so that scales 1-15 span
+the frequencies that the timesteps 0-999 do."""
 
 
 class UNetModel(nn.Module):
@@ -48,6 +59,7 @@ class UNetModel(nn.Module):
         dropout: float = 0.0,
         use_checkpoint: bool = False,
         attention_backend: str = "sdpa",
+        guidance_embed_dim: int = 0,
     ) -> None:
         super().__init__()
         channel_mult = list(channel_mult)
@@ -62,6 +74,8 @@ class UNetModel(nn.Module):
             transformer_depth,
             attention_backend,
         )
+        if guidance_embed_dim < 0:
+            raise ValueError(f"guidance_embed_dim must be >= 0 (0: no guidance), got {guidance_embed_dim}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.model_channels = model_channels
@@ -91,6 +105,16 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
         )
+        self.guidance_embed_dim = guidance_embed_dim
+        self.guidance_embed: Optional[nn.Sequential] = None
+        if guidance_embed_dim > 0:  # w's features -> an MLP -> added to the time embedding (Meng et al. 2023)
+            self.guidance_embed = nn.Sequential(
+                nn.Linear(guidance_embed_dim, time_embed_dim),
+                nn.SiLU(),
+                nn.Linear(time_embed_dim, time_embed_dim),
+            )
+            nn.init.zeros_(self.guidance_embed[2].weight)  # starts as the model without w
+            nn.init.zeros_(self.guidance_embed[2].bias)
 
         # Encoder: input_blocks.0 is conv_in; then per level num_res_blocks x [ResBlock, (transformer)],
         # and a Downsample after every level but the last. Each block's output is kept as a skip.
@@ -195,15 +219,22 @@ class UNetModel(nn.Module):
             dropout=cfg.dropout,
             use_checkpoint=cfg.use_checkpoint,
             attention_backend=cfg.attention_backend,
+            guidance_embed_dim=cfg.guidance_embed_dim,
         )
 
-    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
-        """x: (b, in_channels, h, w), timesteps: (b,) int or float, context: (b, tokens, context_dim)
-        -> (b, out_channels, h, w)."""
-        self._check_inputs(x, timesteps, context)
+    def forward(
+        self, x: Tensor, timesteps: Tensor, context: Tensor, guidance: Optional[Tensor] = None
+    ) -> Tensor:
+        """x: (b, in_channels, h, w), timesteps: (b,) int or float, context: (b, tokens, context_dim),
+        guidance (only with guidance_embed_dim > 0): (b,) or a scalar -> (b, out_channels, h, w)."""
+        self._check_inputs(x, timesteps, context, guidance)
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))  # (b, 4 mc)
+        if self.guidance_embed is not None:
+            w = guidance.expand(x.shape[0]) if guidance.ndim == 0 else guidance
+            features = timestep_embedding(w * GUIDANCE_EMBED_SCALE, self.guidance_embed_dim).to(x.dtype)
+            emb = emb + self.guidance_embed(features)  # (b, 4 mc)
         skips = []
         h = x
         for block in self.input_blocks:
@@ -214,7 +245,9 @@ class UNetModel(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)  # channels: current + skip
         return self.out(h)
 
-    def _check_inputs(self, x: Tensor, timesteps: Tensor, context: Tensor) -> None:
+    def _check_inputs(
+        self, x: Tensor, timesteps: Tensor, context: Tensor, guidance: Optional[Tensor]
+    ) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (batch, {self.in_channels}, height, width), got {tuple(x.shape)}")
         b, _, h, w = x.shape
@@ -227,3 +260,11 @@ class UNetModel(nn.Module):
             raise ValueError(
                 f"context must be (batch={b}, tokens, context_dim={self.context_dim}), got {tuple(context.shape)}"
             )
+        if (guidance is None) != (self.guidance_embed is None):
+            raise ValueError(
+                "this U-Net takes the guidance scale as an input (guidance_embed_dim > 0): pass guidance"
+                if guidance is None
+                else "this U-Net has no guidance input (guidance_embed_dim = 0): guidance must be None"
+            )
+        if guidance is not None and (guidance.ndim > 1 or (guidance.ndim == 1 and guidance.shape[0] != b)):
+            raise ValueError(f"guidance must have shape ({b},) or be a scalar, got {tuple(guidance.shape)}")

@@ -6,7 +6,8 @@ unless ``conditioner.trainable``) embeds captions, and the U-Net, wrapped as a d
 (``DiscreteDenoiser``), predicts the noise (or v, or x0). With ``diffusion.ema`` an exponential
 moving average of the U-Net is kept beside it. Batches of cached latents carry the posterior's
 ``moments`` instead of images, and may carry each caption's text-encoder states as ``context``;
-then the encoders they stand for do not run.
+then the encoders they stand for do not run. A distilled student also carries what it was distilled
+for (``distillation``: ``ldm.samplers.distilled.DistilledSampling``), which sampling obeys.
 
 Attribute names follow Stable Diffusion's checkpoints, so the state dict has SD's keys:
 ``first_stage_model.*``, ``cond_stage_model.model.*``, ``model.diffusion_model.*``,
@@ -36,6 +37,7 @@ from ldm.diffusion.objective import DiffusionObjective
 from ldm.diffusion.parametrization import DiscreteDenoiser
 from ldm.diffusion.schedules import alphas_cumprod_from_config
 from ldm.optim import check_lr_schedule
+from ldm.samplers.distilled import DistilledSampling
 from ldm.samplers.noise import Generators
 
 
@@ -51,6 +53,7 @@ class LatentDiffusion(nn.Module):
         diffusion: DiffusionConfig,
         sampler: SamplerConfig,
         image_size: int,
+        distillation: Optional[DistilledSampling] = None,
     ):
         super().__init__()
         if denoiser.in_channels != autoencoder.embed_dim or denoiser.out_channels != autoencoder.embed_dim:
@@ -68,6 +71,9 @@ class LatentDiffusion(nn.Module):
             "sampler": dataclasses.asdict(sampler),
             "image_size": image_size,
         }
+        if distillation is not None:
+            self.checkpoint_hparams["distillation"] = distillation.as_dict()
+        self.distillation = distillation
         self.diffusion_config = diffusion
         self.conditioner_config = conditioner
         self.sampler_config = sampler
@@ -110,6 +116,7 @@ class LatentDiffusion(nn.Module):
         that loading a checkpoint needs neither the open_clip cache nor a download. ``diffusion``
         and ``sampler`` replace the checkpoint's training settings (a resumed run's config).
         """
+        distillation = hparams.get("distillation")
         return dict(
             autoencoder=AutoencoderConfig(**hparams["autoencoder"]),
             denoiser=UNetConfig(**hparams["denoiser"]),
@@ -117,6 +124,7 @@ class LatentDiffusion(nn.Module):
             diffusion=diffusion or DiffusionConfig(**hparams["diffusion"]),
             sampler=sampler or SamplerConfig(**hparams["sampler"]),
             image_size=hparams["image_size"],
+            distillation=DistilledSampling.from_dict(distillation) if distillation is not None else None,
         )
 
     @classmethod

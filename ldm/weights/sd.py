@@ -14,6 +14,11 @@ SD files may also hold LDM's schedule buffers (``betas``, ``alphas_cumprod``, ..
 (``cond_stage_model.transformer.*``, Hugging Face CLIP layout) is not converted: its U-Net and
 autoencoder can start a run (``diffusion.init_from``) with an open_clip ViT-L-14 conditioner.
 
+A guidance-distilled student's U-Net has one module SD's U-Net lacks, the guidance-scale embedding
+(``model.diffusion_model.guidance_embed.*``, ``ldm.denoiser.unet``); its keys travel with the others
+under the same prefix, and reading them back needs an architecture that has it: the student's own
+checkpoint (``--arch RUN/checkpoints/distill-4.ckpt``), which also brings back what it was distilled for.
+
 A standalone SD VAE file (``vae-ft-mse-840000-ema-pruned`` and the like) holds ``KLAutoencoder``'s
 state dict as it is (``encoder.*``, ``decoder.*``, ``quant_conv.*``, ``post_quant_conv.*``);
 :func:`load_sd_vae` also takes the ``first_stage_model.*`` part of a full checkpoint. LDM's
@@ -34,7 +39,7 @@ from torch import nn
 from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
 from ldm.diffusion.channel_normalization import MEAN_KEY, STD_KEY, fold_into_autoencoder
 from ldm.diffusion.scaling import choose_scale_factor
-from ldm.weights.checkpoint import CheckpointError
+from ldm.weights.checkpoint import CheckpointError, read_checkpoint
 from ldm.weights.io import WeightsError, check_state_dict, load_checked, read_tensors, write_tensors
 
 if TYPE_CHECKING:
@@ -93,6 +98,8 @@ class SDArchitecture:
     """Training resolution in pixels (the default sampling size)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """The default sampler of the converted checkpoint."""
+    distillation: Optional[dict[str, Any]] = None
+    """A distilled student's ``hyper_parameters["distillation"]`` (its step count, guidance range, ...)."""
 
 
 def sd_architectures() -> dict[str, SDArchitecture]:
@@ -116,13 +123,34 @@ def sd_architectures() -> dict[str, SDArchitecture]:
 
 
 def get_sd_architecture(name: str) -> SDArchitecture:
-    """The preset called `name`, or the architecture of a run's resolved config (a path to config.yaml)."""
+    """The preset called `name`, the architecture of a run's resolved config (a path to config.yaml),
+    or that of an ldm stage-2 checkpoint (a path to a .ckpt)."""
     presets = sd_architectures()
     if name in presets:
         return presets[name]
     if name.endswith((".yaml", ".yml")):
         return sd_architecture_from_config(name)
-    raise ValueError(f"unknown SD architecture '{name}'; available: {', '.join(presets)}, or a config.yaml")
+    if name.endswith(".ckpt"):
+        return sd_architecture_from_checkpoint(name)
+    raise ValueError(
+        f"unknown SD architecture '{name}'; available: {', '.join(presets)}, a config.yaml or an ldm .ckpt"
+    )
+
+
+def sd_architecture_from_checkpoint(path: str | Path) -> SDArchitecture:
+    """The architecture an ldm stage-2 checkpoint was built with (its hyper_parameters), a distilled
+    student's included."""
+    hparams = read_checkpoint(path, expected_stage="diffusion")["hyper_parameters"]
+    return SDArchitecture(
+        f"from {path}",
+        UNetConfig(**hparams["denoiser"]),
+        AutoencoderConfig(**hparams["autoencoder"]),
+        ConditionerConfig(**hparams["conditioner"]),
+        DiffusionConfig(**hparams["diffusion"]),
+        hparams["image_size"],
+        SamplerConfig(**hparams["sampler"]),
+        hparams.get("distillation"),
+    )
 
 
 def sd_architecture_from_config(path: str | Path) -> SDArchitecture:
@@ -137,6 +165,11 @@ def sd_architecture_from_config(path: str | Path) -> SDArchitecture:
     config: TrainConfig = OmegaConf.to_object(
         OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
     )
+    if config.stage == "distill":
+        raise ValueError(
+            f"{path} is a distillation run's config, whose student is built from its teacher: give the "
+            "student's checkpoint instead (--arch <run>/checkpoints/last.ckpt)"
+        )
     return SDArchitecture(
         f"from {path}",
         config.denoiser,
@@ -271,6 +304,8 @@ def ldm_checkpoint_from_sd(
         "sampler": dataclasses.asdict(sampler or arch.sampler),
         "image_size": arch.image_size,
     }
+    if arch.distillation is not None:
+        hyper_parameters["distillation"] = dict(arch.distillation)
     return {
         "ldm_stage": "diffusion",
         "global_step": 0,
