@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ldm.conditioning.concat import Context, call_network
 from ldm.diffusion.schedules import sigmas_from_alphas_cumprod
 
 PARAMETERIZATIONS = ("eps", "v", "x0")
@@ -103,8 +104,9 @@ class DiscreteDenoiser(nn.Module):
         w = t - t.floor()
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Denoised estimate of x0 from x = x0 + sigma * noise; sigma has shape [B]."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: Context) -> torch.Tensor:
+        """Denoised estimate of x0 from x = x0 + sigma * noise; sigma has shape [B]; `context`: the text
+        tokens, or a Conditioning whose image is concatenated to c_in * x (ldm.conditioning.concat)."""
         c_skip, c_out, c_in = (c[:, None, None, None] for c in preconditioning(sigma, self.parameterization))
-        model_output = self.diffusion_model(x * c_in, self.sigma_to_t(sigma), context)
+        model_output = call_network(self.diffusion_model, x * c_in, self.sigma_to_t(sigma), context)
         return c_skip * x + c_out * model_output
