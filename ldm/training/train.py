@@ -236,6 +236,7 @@ def train_diffusion(
         diffusion=config.diffusion,
         sampler=config.sampler,
         image_size=config.data.resolution,
+        image_conditioning=config.image_conditioning,
     )
     if ae_state is not None:
         module.first_stage_model.load_state_dict(ae_state, strict=True)
