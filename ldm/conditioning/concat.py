@@ -18,7 +18,6 @@ the text only (:func:`guidance_batch`): the image goes to both branches, as in S
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -106,10 +105,3 @@ def guidance_batch(uncond: Context, cond: Context) -> Context:
         raise ValueError("class labels are given for one guidance branch but not the other")
     concat = torch.cat([uncond.image.concat, cond.image.concat])
     return Conditioning(context, ImageConditioning(concat, None if labels[0] is None else torch.cat(labels)))
-
-
-def with_context(conditioning: Context, context: Tensor) -> Context:
-    """`conditioning` with its text tokens replaced by `context` (a tensor stays a tensor)."""
-    if isinstance(conditioning, Conditioning):
-        return dataclasses.replace(conditioning, context=context)
-    return context

@@ -367,8 +367,13 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     if config.stage in ("all", "diffusion"):
         stage2_resume = resume if resume_stage == "diffusion" else None
         written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt, stage2_resume)
+        mode = {
+            "super_resolution": "upscale --init-img small.png",
+            "inpainting": "inpaint --init-img in.png --mask mask.png",
+        }
         log.info(
-            'sample with: python -m ldm.sample txt2img --ckpt %s --prompt "..." --outdir out/',
+            'sample with: python -m ldm.sample %s --ckpt %s --prompt "..." --outdir out/',
+            mode.get(config.image_conditioning.task, "txt2img"),
             written["diffusion"],
         )
     return written
