@@ -5,7 +5,9 @@
 Each row is ``python -m ldm.eval --ckpt CKPT --sampler NAME --steps N`` (the same function, seeds
 and batches: 18 prompts x --n_per_prompt images), timed around the whole evaluation (text
 encoding, sampling, decoding, scoring). "model calls" counts denoiser evaluations per image (each
-one a batched conditional + unconditional pass); "CPU s" is the process's CPU time (all threads) and
+one a batched conditional + unconditional pass, or a single pass for a guidance-distilled student,
+ldm/samplers/distilled.py, which samples only at the step count it was distilled for);
+"CPU s" is the process's CPU time (all threads) and
 "load" the machine's 1-minute load average after the row, since other work on the machine inflates
 wall times.
 """
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     n_images = len(SHAPE_PROMPTS) * args.n_per_prompt
     n_batches = math.ceil(n_images / args.batch_size)
     # Warm-up (first-call allocations), not timed.
-    evaluate_shapes(pipe, n_per_prompt=1, sampler=sampler_preset(pipe.sampler, "ddim", steps=1))
+    warmup_steps = pipe.distilled.steps if pipe.distilled is not None else 1  # a student samples at its own
+    evaluate_shapes(pipe, n_per_prompt=1, sampler=sampler_preset(pipe.sampler, "ddim", steps=warmup_steps))
 
     meta = {
         "ckpt": str(args.ckpt),

@@ -140,6 +140,9 @@ class UNetConfig:
     disable_self_attentions: Optional[list[bool]] = None
     """Per level: the transformers' first attention attends to the context instead of the feature map
     (SD x4 upscaler: [true, true, true, false]); null: self-attention at every level."""
+    guidance_embed_dim: int = 0
+    """Sinusoidal features of the guidance scale w fed to an MLP added to the time embedding (a
+    guidance-distilled student, Meng et al. 2023; stage=distill sets it, 0 there: model_channels); 0: none."""
 
 
 @dataclass
@@ -277,6 +280,34 @@ class SamplerConfig:
 
 
 @dataclass
+class DistillConfig:
+    """stage=distill: progressive distillation of a stage-2 checkpoint (diffusion.init_from) into few-step
+    students (Salimans & Ho 2022), after guided distillation (Meng et al. 2023) when guidance is on."""
+
+    start_steps: int = 64
+    """Sampler steps of the first round's teacher (and the timesteps of guided distillation); each round
+    halves them."""
+    end_steps: int = 4
+    """Sampler steps of the last student; start_steps / end_steps must be a power of two."""
+    steps_per_round: int = 2000
+    """Optimizer steps of each halving round."""
+    guidance: bool = True
+    """Distil classifier-free guidance: the student takes the scale w as an input (one network call per
+    sampling step) and learns the teacher's guided output for w drawn from guidance_range."""
+    guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])
+    """[low, high]: the guidance scales w drawn uniformly per sample (guidance: true)."""
+    guidance_steps: int = 2000
+    """Optimizer steps of stage 1, guided distillation on start_steps' timesteps (0: straight to the
+    rounds)."""
+    parameterization: str = "v"
+    """What the students predict: v or x0 (bounded at low SNR, as Salimans & Ho recommend for few
+    steps), or eps."""
+    loss_weighting: str = "truncated_snr"
+    """truncated_snr: max(SNR, 1) on the x error (Salimans & Ho 2022); uniform: the MSE of the
+    students' output."""
+
+
+@dataclass
 class DataFiltersConfig:
     """Bounds on a sample's json metadata (img2dataset/LAION keys) and caption; null: no bound."""
 
@@ -301,11 +332,43 @@ class DataFiltersConfig:
 
 
 @dataclass
+class ComposeTaskMix:
+    """Relative weights of the kinds of scene in the compose world (data=shapes_compose)."""
+
+    single: float = 0.2
+    """One object: "a red circle"."""
+    count: float = 0.2
+    """Two or three objects of one colour and shape: "three blue squares"."""
+    pair: float = 0.25
+    """Two different objects: "a red circle and a blue square"."""
+    relation: float = 0.35
+    """Two different objects, one left of, right of, above or below the other: "a red circle above a
+    blue square"."""
+
+
+@dataclass
+class ComposeConfig:
+    """The compose world (data=shapes_compose): scenes of one to three shapes (ldm/data/compose.py)."""
+
+    held_out: list[str] = field(
+        default_factory=lambda: ["red triangle", "green circle", "blue square", "yellow triangle"]
+    )
+    """Colour-shape pairs ("red triangle") that no training image or caption shows; the compose
+    evaluator reports them apart. The default takes one pair of each shape and a fourth triangle,
+    from four colours, so every colour and every shape is still seen with others."""
+    task_mix: ComposeTaskMix = field(default_factory=lambda: ComposeTaskMix())
+    """How often each kind of scene is drawn."""
+    size_words: float = 0.5
+    """Fraction of captions that name each object's size ("a small red circle ...")."""
+
+
+@dataclass
 class DataConfig:
     """Where training images and captions come from (webdataset shards)."""
 
     name: str = "shapes"
-    """Data set: shapes (built-in synthetic set, generated on first use) or webdataset (your shards)."""
+    """Data set: shapes (built-in synthetic set, generated on first use), shapes_compose (built-in scenes
+    of one to three shapes with counting, pair and position captions) or webdataset (your shards)."""
     train_shards: Optional[str] = None
     """webdataset: training shards, a brace pattern ('/data/{000000..000999}.tar'), '::'-joined patterns, or @file."""
     val_shards: Optional[str] = None
@@ -324,6 +387,8 @@ class DataConfig:
     """Validation images in the synthetic set."""
     samples_per_shard: int = 1_000
     """Images per tar shard when writing the synthetic set."""
+    compose: ComposeConfig = field(default_factory=lambda: ComposeConfig())
+    """data=shapes_compose: held-out colour-shape pairs, mix of scene kinds, size words."""
     batch_size: int = 32
     """Batch size per device."""
     num_workers: int = 1
@@ -434,7 +499,8 @@ class TrainConfig:
     """The root config of ``python -m ldm.train``."""
 
     stage: str = "all"
-    """all (autoencoder then diffusion), autoencoder, or diffusion."""
+    """all (autoencoder then diffusion), autoencoder, diffusion, or distill (of a trained stage 2,
+    diffusion.init_from)."""
     resume: Optional[str] = None
     """A stage-1 or stage-2 checkpoint of an earlier run to continue: weights, optimizers, step, EMA,
     and the data stream where it stopped (architecture from the checkpoint); or auto: the newest
@@ -450,6 +516,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     image_conditioning: ImageConditioningConfig = field(default_factory=ImageConditioningConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 BENCH_PARTS = ("train", "sample", "autoencoder", "data")
@@ -491,6 +558,11 @@ class BenchConfig:
     """Side n of the n x n matmul that measures the peak FLOP/s; null: 8192 on CUDA, 2048 on CPU."""
     compare: str = "none"
     """none, or diffusers: the same networks and weights in diffusers, checked to agree, timed beside ours."""
+    compare_optimizer: bool = True
+    """With compare=diffusers: the compared training step includes each side's AdamW update. false: forward,
+    loss and backward only, gradients freed after each step (for networks whose two sets of AdamW moments do
+    not fit in memory side by side, e.g. SD 2's U-Net on 24 GB; benchmarks/bench_optimizer.py times the
+    optimizers alone)."""
     out: Optional[str] = None
     """The JSON report; null: <hydra run dir>/bench.json."""
     ckpt: Optional[str] = None

@@ -76,7 +76,7 @@ class Inpainter:
             raise ValueError("expected mask values in [0, 1]")
         if not len(prompts) == len(seeds) == images.shape[0]:
             raise ValueError(f"got {images.shape[0]} images, {len(prompts)} prompts and {len(seeds)} seeds")
-        height, width = self.pipe.check_request(sampler, *images.shape[-2:])
+        height, width = self.pipe.check_request(sampler, *images.shape[-2:], negative_prompt)
         sigmas = self.pipe.sigmas(sampler)
         generators = per_sample_generators(seeds)
         x = self.pipe.initial_noise(generators, height, width, sigmas[0])

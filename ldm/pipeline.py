@@ -6,6 +6,8 @@ seeded with that seed alone, draws the image's starting noise and then every noi
 adds (``ldm.samplers.noise``), so a seed gives the same image whatever the batch. With
 ``compile=True`` the denoiser and the autoencoder run compiled with their weights frozen in
 (``ldm.acceleration.compile_frozen``): the first batch of each size compiles, later ones are faster.
+A distilled checkpoint (``ldm.samplers.distilled``) is sampled only with the step count and sampler
+it was distilled for; when guidance was distilled, the scale is the network's input (one call per step).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ldm.conditioning.concat import Conditioning, ImageConditioning
 from ldm.config import SamplerConfig
 from ldm.diffusion.channel_normalization import denormalize, normalize
 from ldm.samplers import get_sampler
+from ldm.samplers.distilled import DistilledSampling, GuidanceInputDenoiser
 from ldm.samplers.guidance import CFGDenoiser
 from ldm.samplers.noise import per_sample_generators
 from ldm.samplers.sigmas import get_sigmas
@@ -52,6 +55,7 @@ class Text2Image:
         sampler: SamplerConfig,
         channel_statistics: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         compile: bool = False,
+        distilled: Optional[DistilledSampling] = None,
     ):
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
@@ -60,6 +64,7 @@ class Text2Image:
         self.channel_statistics = channel_statistics  # (mean, std) per latent channel, if normalized so
         self.image_size = image_size
         self.sampler = sampler
+        self.distilled = distilled  # what a distilled student was trained for; None: any sampler
         # What sampling calls: the networks, or (compile) compiled functions of them; the modules
         # themselves are left as they are. Compiled ones keep the weights of their first call.
         self._denoise: Callable[..., torch.Tensor] = denoiser
@@ -82,6 +87,7 @@ class Text2Image:
             module.sampler_config,
             module.channel_statistics(),
             compile=compile,
+            distilled=getattr(module, "distillation", None),
         )
 
     @classmethod
@@ -106,7 +112,11 @@ class Text2Image:
         return self.autoencoder.post_quant_conv.in_channels
 
     def check_request(
-        self, sampler: SamplerConfig, height: Optional[int] = None, width: Optional[int] = None
+        self,
+        sampler: SamplerConfig,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        negative_prompt: str = "",
     ) -> tuple[int, int]:
         """Raise a clear error for a request that cannot be sampled; returns the (height, width) to use."""
         height, width = height or self.image_size, width or self.image_size
@@ -124,6 +134,8 @@ class Text2Image:
         get_sampler(sampler.name)
         self.sigmas(sampler)  # checks the schedule, spacing and step count
         CFGDenoiser(self.denoiser, sampler.guidance_scale, sampler.guidance_rescale)  # checks both
+        if self.distilled is not None:
+            self.distilled.check_request(sampler, negative_prompt)
         return height, width
 
     def sigmas(self, sampler: SamplerConfig) -> torch.Tensor:
@@ -144,7 +156,7 @@ class Text2Image:
     ) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1], one per (prompt, seed) pair."""
         sampler = sampler or self.sampler
-        height, width = self.check_request(sampler, height, width)
+        height, width = self.check_request(sampler, height, width, negative_prompt)
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         sigmas = self.sigmas(sampler)
@@ -190,7 +202,7 @@ class Text2Image:
             raise ValueError("expected image values in [0, 1]")
         if not len(prompts) == len(seeds) == images.shape[0]:
             raise ValueError(f"got {images.shape[0]} images, {len(prompts)} prompts and {len(seeds)} seeds")
-        self.check_request(sampler, *images.shape[-2:])
+        self.check_request(sampler, *images.shape[-2:], negative_prompt)
         sigmas = self.sigmas(sampler)[sampler.steps - steps :]  # [steps + 1], ending at 0
         z = self.encode(images)
         if steps == 0:
@@ -212,18 +224,24 @@ class Text2Image:
         callback: Optional[Callable[[dict], None]] = None,
         image: Optional[ImageConditioning] = None,
     ) -> torch.Tensor:
-        """Latents x at sigmas[0] -> latents at sigmas[-1], with classifier-free guidance; an
-        image-conditioned model's `image` conditions both guidance branches."""
+        """Latents x at sigmas[0] -> latents at sigmas[-1], with classifier-free guidance (or, for a
+        guidance-distilled student, the scale as the network's input); an image-conditioned model's
+        `image` conditions both guidance branches."""
         sample_fn = get_sampler(sampler.name)
         context = self.text_encoder(list(prompts))
-        uncond = self.text_encoder([negative_prompt] * len(prompts))
+        if self.distilled is not None and self.distilled.guided:
+            guided: Callable[..., torch.Tensor] = GuidanceInputDenoiser(self._denoise, sampler.guidance_scale)
+            uncond = None
+        else:
+            guided = CFGDenoiser(self._denoise, sampler.guidance_scale, sampler.guidance_rescale)
+            uncond = self.text_encoder([negative_prompt] * len(prompts))
         if image is not None:
             context = Conditioning(context, image)
         options = {} if sampler.eta is None else {"eta": sampler.eta}
         accepted = inspect.signature(sample_fn).parameters
         options = {k: v for k, v in options.items() if k in accepted}  # eta only where it applies
         return sample_fn(
-            CFGDenoiser(self._denoise, sampler.guidance_scale, sampler.guidance_rescale),
+            guided,
             x,
             sigmas,
             extra_args={"context": context, "uncond_context": uncond},

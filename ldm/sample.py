@@ -238,7 +238,7 @@ def txt2img(args: argparse.Namespace) -> list[Path]:
     prompts = read_prompts(args)
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
     sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
-    pipe.check_request(sampler, args.H, args.W)
+    pipe.check_request(sampler, args.H, args.W, args.negative_prompt)
 
     def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
         return pipe(
@@ -261,7 +261,7 @@ def img2img(args: argparse.Namespace) -> list[Path]:
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
     sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
     init = load_image(args.init_img, pipe.autoencoder.downsample_factor, args.H, args.W)
-    pipe.check_request(sampler, *init.shape[-2:])
+    pipe.check_request(sampler, *init.shape[-2:], args.negative_prompt)
 
     def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
         return pipe.img2img(
@@ -285,7 +285,7 @@ def upscale(args: argparse.Namespace) -> list[Path]:
     upscaler = Upscaler.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
     sampler = sampler_preset(upscaler.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
     low_res = to_tensor(open_image(args.init_img))
-    upscaler.check_request(sampler, *low_res.shape[-2:])
+    upscaler.check_request(sampler, *low_res.shape[-2:], args.negative_prompt)
 
     def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
         return upscaler(
@@ -315,7 +315,7 @@ def inpaint(args: argparse.Namespace) -> list[Path]:
     inpainter = Inpainter.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
     sampler = sampler_preset(inpainter.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
     init, masks = to_tensor(image), to_tensor(mask)
-    inpainter.pipe.check_request(sampler, *init.shape[-2:])
+    inpainter.pipe.check_request(sampler, *init.shape[-2:], args.negative_prompt)
 
     def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
         n = len(seeds)

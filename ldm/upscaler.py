@@ -68,8 +68,11 @@ class Upscaler:
         """The checkpoint's sampler."""
         return self.pipe.sampler
 
-    def check_request(self, sampler: SamplerConfig, height: int, width: int) -> tuple[int, int]:
-        """Raise a clear error for an input height x width that cannot be upscaled; returns the output's."""
+    def check_request(
+        self, sampler: SamplerConfig, height: int, width: int, negative_prompt: str = ""
+    ) -> tuple[int, int]:
+        """Raise a clear error for an input height x width that cannot be upscaled (or a request a distilled
+        checkpoint refuses); returns the output's."""
         out_h, out_w = height * self.factor, width * self.factor
         multiple = self.pipe.size_multiple
         if out_h % multiple or out_w % multiple:
@@ -79,7 +82,7 @@ class Upscaler:
                 f"autoencoder and U-Net cannot take (sides must be multiples of {multiple}): give an input "
                 f"whose sides are multiples of {step}"
             )
-        return self.pipe.check_request(sampler, out_h, out_w)
+        return self.pipe.check_request(sampler, out_h, out_w, negative_prompt)
 
     @torch.no_grad()
     def __call__(
@@ -100,7 +103,7 @@ class Upscaler:
         check_images(images, "input images")
         if not len(prompts) == len(seeds) == images.shape[0]:
             raise ValueError(f"got {images.shape[0]} images, {len(prompts)} prompts and {len(seeds)} seeds")
-        height, width = self.check_request(sampler, *images.shape[-2:])
+        height, width = self.check_request(sampler, *images.shape[-2:], negative_prompt)
         level = self.noise_level if noise_level is None else noise_level
         sigmas = self.pipe.sigmas(sampler)
         generators = per_sample_generators(seeds)

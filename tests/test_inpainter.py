@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from ldm.conditioning.inpainting import masked_images
 from ldm.inpainter import Inpainter
 from ldm.pipeline import Text2Image
+from ldm.samplers.distilled import DistilledSampling
 from ldm.samplers.presets import sampler_preset
 from ldm.weights.checkpoint import CheckpointError
 from tests.conftest import save_tiny_image_conditioned
@@ -59,3 +62,19 @@ def test_a_mask_of_another_size_and_an_image_the_autoencoder_cannot_take_are_one
 def test_a_checkpoint_of_another_kind_is_refused(ckpt):
     with pytest.raises(CheckpointError, match="is an? inpainting checkpoint .*needs a text-to-image one"):
         Text2Image.from_checkpoint(ckpt, device="cpu")
+
+
+def test_a_distilled_student_inpaints_with_its_sampler_only(tmp_path):
+    distilled = DistilledSampling(2, None, "v", teacher="teacher.ckpt")  # guidance not distilled: CFG
+    inpainter = Inpainter.from_checkpoint(
+        save_tiny_image_conditioned(tmp_path / "distill-2.ckpt", "inpainting", 0, distilled), device="cpu"
+    )
+    calls: list = []
+    inpainter.pipe.denoiser.diffusion_model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(tuple(args[0].shape)), with_kwargs=True
+    )
+    images, masks = inputs(1)
+    assert inpainter(images, masks, ["a red circle"], [0]).shape == (1, 3, 32, 32)
+    assert calls == [(2, 4 + 5, 16, 16)] * 2  # its 2 steps, both guidance branches; latent + mask + latent
+    with pytest.raises(ValueError, match="distilled for deterministic DDIM on trailing discrete timesteps"):
+        inpainter(images, masks, ["a"], [0], sampler=dataclasses.replace(inpainter.sampler, name="euler"))

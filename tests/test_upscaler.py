@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from ldm.samplers.distilled import DistilledSampling
 from ldm.samplers.presets import sampler_preset
 from ldm.upscaler import Upscaler
 from ldm.weights.checkpoint import CheckpointError
@@ -57,3 +60,28 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     path = save_tiny_latent_diffusion(tmp_path / "t2i.ckpt", seed=0)
     with pytest.raises(CheckpointError, match="is a text-to-image checkpoint .*needs a super-resolution one"):
         Upscaler.from_checkpoint(path, device="cpu")
+
+
+def test_a_guidance_distilled_student_upscales_in_its_steps_with_w_beside_the_image(tmp_path):
+    distilled = DistilledSampling(3, (1.0, 8.0), "v", teacher="teacher.ckpt")
+    path = save_tiny_image_conditioned(tmp_path / "distill-3.ckpt", "super_resolution", 0, distilled)
+    upscaler = Upscaler.from_checkpoint(path, device="cpu")
+    assert (upscaler.sampler.name, upscaler.sampler.steps) == ("ddim", 3)  # the checkpoint's own sampler
+    calls: list = []
+    upscaler.pipe.denoiser.diffusion_model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append((tuple(args[0].shape), kwargs)), with_kwargs=True
+    )
+    images, prompts, w = low_res_images(2), ["a red circle"] * 2, upscaler.sampler.guidance_scale
+    out = upscaler(images, prompts, [1, 2], noise_level=30)
+    assert out.shape == (2, 3, 32, 32)
+    assert [shape for shape, _ in calls] == [(2, 4 + 3, 16, 16)] * 3  # no unconditional half; latent + RGB
+    for _, kwargs in calls:
+        assert torch.equal(kwargs["class_labels"], torch.tensor([30, 30]))
+        assert torch.equal(kwargs["guidance"], torch.full((2,), w))
+    other_w = upscaler(images, prompts, [1, 2], noise_level=30, sampler=dataclasses.replace(
+        upscaler.sampler, guidance_scale=w / 2))  # fmt: skip
+    assert (other_w - out).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="no unconditional branch: negative prompts do not apply"):
+        upscaler(images, prompts, [1, 2], negative_prompt="blurry")
+    with pytest.raises(ValueError, match="distilled for 3 sampling steps, not 5"):
+        upscaler(images, prompts, [1, 2], sampler=dataclasses.replace(upscaler.sampler, steps=5))

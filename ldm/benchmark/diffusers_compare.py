@@ -217,22 +217,31 @@ def paired(
 def compare_training(
     networks: BenchNetworks, theirs: DiffusersNetworks, settings: BenchSettings, batch_size: int
 ) -> Measurement:
-    """Training steps per second, ours (fused AdamW) against theirs (torch.optim.AdamW's default)."""
+    """Training steps per second, ours (fused AdamW) against theirs (torch.optim.AdamW's default), or
+    forward, loss and backward alone with ``compare_optimizer`` off."""
     networks.unet.train()
     theirs.unet.train()
-    lr, decay = networks.hparams["diffusion"]["learning_rate"], networks.hparams["diffusion"]["weight_decay"]
-    ours_optimizer = adamw(list(networks.unet.parameters()), lr=lr, weight_decay=decay)
-    their_optimizer = torch.optim.AdamW(theirs.unet.parameters(), lr=lr, weight_decay=decay)
+    ours_parameters, their_parameters = list(networks.unet.parameters()), list(theirs.unet.parameters())
+    if settings.compare_optimizer:
+        diffusion = networks.hparams["diffusion"]
+        lr, decay = diffusion["learning_rate"], diffusion["weight_decay"]
+        ours_optimizer = adamw(ours_parameters, lr=lr, weight_decay=decay)
+        their_optimizer = torch.optim.AdamW(their_parameters, lr=lr, weight_decay=decay)
+        case = "unet step"
+        notes = "optimizers: ours fused AdamW (ldm.optim.adamw), theirs torch.optim.AdamW (default implementation)"
+    else:
+        ours_optimizer = their_optimizer = None
+        case = "unet forward+backward"
+        notes = "no optimizer update (bench.compare_optimizer=false): forward, loss and backward only"
     cases = {
         "ours": training_step(
-            networks.denoiser.diffusion_model, networks, settings, batch_size, ours_optimizer
+            networks.denoiser.diffusion_model, networks, settings, batch_size, ours_optimizer, ours_parameters
         ),
-        "theirs": training_step(theirs.network, networks, settings, batch_size, their_optimizer),
+        "theirs": training_step(
+            theirs.network, networks, settings, batch_size, their_optimizer, their_parameters
+        ),
     }
-    notes = (
-        "optimizers: ours fused AdamW (ldm.optim.adamw), theirs torch.optim.AdamW (default implementation)"
-    )
-    return paired("unet step", batch_size, cases, batch_size, "samples/s", settings, notes)
+    return paired(case, batch_size, cases, batch_size, "samples/s", settings, notes)
 
 
 def compare_sampling(

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 
 from ldm.config import BENCH_PARTS, BenchRunConfig, DataConfig, SamplerConfig
+from ldm.data.shards import SYNTHETIC_SETS
 from ldm.data.urls import expand_urls
 from ldm.denoiser.attention import ATTENTION_BACKENDS
 from ldm.samplers.presets import sampler_preset
@@ -42,6 +43,7 @@ class BenchSettings:
     channels_last: bool
     attention: Optional[str]
     compare: str
+    compare_optimizer: bool = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -76,9 +78,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def data_is_local(data: DataConfig) -> bool:
-    """Whether the training data is on this machine: the shapes set (generated here), or webdataset
+    """Whether the training data is on this machine: a built-in set (generated here), or webdataset
     shards that are all files."""
-    if data.name == "shapes":
+    if data.name in SYNTHETIC_SETS:
         return True
     if data.name != "webdataset" or not data.train_shards:
         return False
@@ -140,6 +142,7 @@ def resolve_settings(config: BenchRunConfig) -> BenchSettings:
         channels_last=bench.channels_last,
         attention=bench.attention,
         compare=bench.compare,
+        compare_optimizer=bench.compare_optimizer,
     )
 
 

@@ -9,7 +9,7 @@ batch. The optimizer's update has no counted FLOPs (element-wise work), as in tr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Optional
 
@@ -28,19 +28,26 @@ from ldm.optim import adamw
 
 class TrainingStep:
     """One training step of `network` on fixed latents and context: zero the gradients, the diffusion
-    loss (fresh t and noise), backward (through `scaler` for fp16), the optimizer's update."""
+    loss (fresh t and noise), backward (through `scaler` for fp16), the optimizer's update.
+
+    Without an optimizer, the step ends after the backward pass and frees `parameters`' gradients (so
+    two networks timed in turn never hold theirs at once)."""
 
     def __init__(
         self,
         network: Callable[..., torch.Tensor],
         objective: DiffusionObjective,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optional[torch.optim.Optimizer],
         latents: torch.Tensor,
         context: torch.Tensor,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
         scaler: Optional[torch.amp.GradScaler] = None,
+        parameters: Sequence[nn.Parameter] = (),
     ):
+        if optimizer is None and scaler is not None:
+            raise ValueError("a training step without an optimizer cannot use a gradient scaler")
         self.network = network
+        self.parameters = list(parameters)
         self.objective = objective
         self.optimizer = optimizer
         self.latents = latents
@@ -49,10 +56,14 @@ class TrainingStep:
         self.scaler = scaler
 
     def __call__(self) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss = self.objective(self.network, self.latents, self.context)
-        if self.scaler is None:
+        if self.optimizer is None:
+            loss.backward()
+            free_gradients(self.parameters)
+        elif self.scaler is None:
             loss.backward()
             self.optimizer.step()
         else:
@@ -60,6 +71,12 @@ class TrainingStep:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return loss.detach()
+
+
+def free_gradients(parameters: Sequence[nn.Parameter]) -> None:
+    """Drop the gradients of `parameters` (their memory goes back to the allocator)."""
+    for p in parameters:
+        p.grad = None
 
 
 def step_flops(step: TrainingStep, module: nn.Module) -> int:
@@ -86,12 +103,17 @@ def training_step(
     networks: BenchNetworks,
     settings: BenchSettings,
     batch_size: int,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optional[torch.optim.Optimizer],
+    parameters: Sequence[nn.Parameter] = (),
 ) -> TrainingStep:
-    """A step of `network` on random inputs, with the networks' objective and `optimizer` (of its weights)."""
+    """A step of `network` on random inputs, with the networks' objective and `optimizer` (of its weights;
+    None: forward, loss and backward only, then `parameters`' gradients are freed)."""
     latents, context = training_inputs(networks, settings, batch_size)
-    scaler = torch.amp.GradScaler(settings.device.type) if settings.precision == "fp16" else None
-    return TrainingStep(network, networks.objective, optimizer, latents, context, settings.autocast, scaler)
+    use_scaler = settings.precision == "fp16" and optimizer is not None
+    scaler = torch.amp.GradScaler(settings.device.type) if use_scaler else None
+    return TrainingStep(
+        network, networks.objective, optimizer, latents, context, settings.autocast, scaler, parameters
+    )
 
 
 def measure_training(
@@ -112,6 +134,7 @@ def measure_training(
             "step"
         ]
     )
+    free_gradients(parameters)  # what follows (a comparison, sampling) need not hold them
     flops = flops_per_sample * batch_size
     metrics = {
         "samples_per_s": Quantity(batch_size / seconds, "samples/s"),

@@ -66,22 +66,26 @@ def as_conditioning(context: Context) -> Conditioning:
     return context if isinstance(context, Conditioning) else Conditioning(context)
 
 
-def call_network(network: nn.Module, x: Tensor, timesteps: Tensor, context: Context) -> Tensor:
-    """``network(cat(x, concat), timesteps, text[, class_labels=...])``: x is the (scaled) noisy latent;
-    the image's channels follow it unscaled (LDM's DiffusionWrapper: ``cat([x] + c_concat, dim=1)``)."""
+def call_network(
+    network: nn.Module, x: Tensor, timesteps: Tensor, context: Context, guidance: Optional[Tensor] = None
+) -> Tensor:
+    """``network(cat(x, concat), timesteps, text[, class_labels=...][, guidance=...])``: x is the (scaled)
+    noisy latent; the image's channels follow it unscaled (LDM's DiffusionWrapper: ``cat([x] + c_concat,
+    dim=1)``); `guidance`, the scale w of a guidance-distilled network, is passed on when given."""
     conditioning = as_conditioning(context)
     image = conditioning.image
+    extra = {} if guidance is None else {"guidance": guidance}
     if image is None:
-        return network(x, timesteps, conditioning.context)
+        return network(x, timesteps, conditioning.context, **extra)
     if image.concat.shape[0] != x.shape[0] or image.concat.shape[-2:] != x.shape[-2:]:
         raise ValueError(
             f"the concatenated image conditioning {tuple(image.concat.shape)} does not match the latent "
             f"{tuple(x.shape)} in batch and size"
         )
     x = torch.cat([x, image.concat.to(x.dtype)], dim=1)  # channels: latent, then image conditioning
-    if image.class_labels is None:
-        return network(x, timesteps, conditioning.context)
-    return network(x, timesteps, conditioning.context, class_labels=image.class_labels)
+    if image.class_labels is not None:
+        extra["class_labels"] = image.class_labels
+    return network(x, timesteps, conditioning.context, **extra)
 
 
 def guidance_batch(uncond: Context, cond: Context) -> Context:

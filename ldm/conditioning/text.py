@@ -79,6 +79,18 @@ def _hf_candidates(arch: str, tag: str) -> tuple[str, list[str]] | None:
     return repo_id, names
 
 
+def cached_pretrained_file(arch: str, tag: str) -> str | None:
+    """The file of open_clip weights `tag` of `arch` in the local Hugging Face cache, or None (no network)."""
+    candidates = _hf_candidates(arch, tag)
+    if candidates is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, names = candidates
+    found = (try_to_load_from_cache(repo_id, name) for name in names)
+    return next((path for path in found if isinstance(path, str)), None)
+
+
 def check_pretrained_available(cfg: ConditionerConfig) -> None:
     """Raise now, before any training, for text-encoder weights that cannot be had: a missing file,
     an unknown model or tag, or (with HF_HUB_OFFLINE=1) a tag that is not in the local cache."""
@@ -102,14 +114,10 @@ def check_pretrained_available(cfg: ConditionerConfig) -> None:
             f"unknown pretrained tag '{pretrained}' for open_clip '{cfg.arch}'; available: {available}"
         )
     candidates = _hf_candidates(cfg.arch, pretrained)
-    if _hub_offline() and candidates is not None:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, names = candidates
-        if not any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in names):
-            raise PretrainedWeightsNotFound(
-                _not_found_message(cfg.arch, pretrained, FileNotFoundError(f"{repo_id} not cached"))
-            )
+    if _hub_offline() and candidates is not None and cached_pretrained_file(cfg.arch, pretrained) is None:
+        raise PretrainedWeightsNotFound(
+            _not_found_message(cfg.arch, pretrained, FileNotFoundError(f"{candidates[0]} not cached"))
+        )
 
 
 def without_pretrained(cfg: ConditionerConfig) -> ConditionerConfig:

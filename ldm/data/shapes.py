@@ -3,6 +3,9 @@
 Every image is determined by the seed, so a run can regenerate the same set anywhere. The set is
 written as webdataset tar shards (``KEY.png``, ``KEY.txt``, ``KEY.json``), the same format as real
 LAION shards, so that training reads it through the same streaming path.
+
+The renderer (``render_shapes``), the hashed split (``hashed_split``) and the writer of a set of
+layouts (``write_synthetic_set``) also serve the compose world (``ldm.data.compose``).
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import multiprocessing as mp
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -79,6 +82,21 @@ _VAL_EIGHTHS = 8
 _PARALLEL_MIN_SAMPLES = 4_000
 """Splits smaller than this are rendered in-process (starting workers would cost more than it saves)."""
 _MANIFEST_VERSION = 1
+
+
+class DrawnShape(Protocol):
+    """What the renderer needs of a shape: its kind, colour and box in supersampled pixels."""
+
+    @property
+    def shape(self) -> str: ...
+    @property
+    def color(self) -> str: ...
+    @property
+    def side(self) -> int: ...
+    @property
+    def left(self) -> int: ...
+    @property
+    def top(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -173,24 +191,31 @@ def metadata_for(layout: ShapeLayout) -> dict:
     }
 
 
-def render_shape(layout: ShapeLayout) -> Image.Image:
-    """Draw the layout's filled shape on black at 4x and box-filter it down to an RGB image."""
-    canvas_side = layout.resolution * SUPERSAMPLE
+def render_shapes(shapes: Sequence[DrawnShape], resolution: int) -> Image.Image:
+    """Draw filled shapes (boxes in units of the supersampled canvas, resolution * 4) on black at 4x
+    and box-filter them down to a ``resolution``-pixel RGB image."""
+    canvas_side = resolution * SUPERSAMPLE
     canvas = Image.new("RGB", (canvas_side, canvas_side), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
-    fill = COLORS[layout.color]
-    # PIL's boxes include their last row and column, hence the - 1.
-    x0, y0 = layout.left, layout.top
-    x1, y1 = x0 + layout.side - 1, y0 + layout.side - 1
-    if layout.shape == "circle":
-        draw.ellipse((x0, y0, x1, y1), fill=fill)
-    elif layout.shape == "square":
-        draw.rectangle((x0, y0, x1, y1), fill=fill)
-    elif layout.shape == "triangle":
-        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
-    else:
-        raise ValueError(f"unknown shape '{layout.shape}'; available: {', '.join(SHAPES)}")
-    return canvas.resize((layout.resolution, layout.resolution), Image.Resampling.BOX)
+    for item in shapes:
+        fill = COLORS[item.color]
+        # PIL's boxes include their last row and column, hence the - 1.
+        x0, y0 = item.left, item.top
+        x1, y1 = x0 + item.side - 1, y0 + item.side - 1
+        if item.shape == "circle":
+            draw.ellipse((x0, y0, x1, y1), fill=fill)
+        elif item.shape == "square":
+            draw.rectangle((x0, y0, x1, y1), fill=fill)
+        elif item.shape == "triangle":
+            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+        else:
+            raise ValueError(f"unknown shape '{item.shape}'; available: {', '.join(SHAPES)}")
+    return canvas.resize((resolution, resolution), Image.Resampling.BOX)
+
+
+def render_shape(layout: ShapeLayout) -> Image.Image:
+    """Draw the layout's filled shape on black at 4x and box-filter it down to an RGB image."""
+    return render_shapes([layout], layout.resolution)
 
 
 def _side_bounds(resolution: int) -> tuple[int, int]:
@@ -199,14 +224,21 @@ def _side_bounds(resolution: int) -> tuple[int, int]:
     return math.ceil(MIN_SIZE * canvas_side), math.floor(MAX_SIZE * canvas_side)
 
 
-def split_of(layout: ShapeLayout) -> str:
-    """The split that a layout's image belongs to: a fixed pseudo-random eighth of all images is "val".
+def hashed_split(identity: str) -> str:
+    """The split of an image named by ``identity`` (a string that fixes its pixels): a fixed
+    pseudo-random eighth of all images is "val".
 
     Partitioning the space of images (rather than drawing both splits freely) keeps train and val
     disjoint whatever their sizes, and each split's images do not depend on the other's count.
     """
-    identity = f"{layout.shape},{layout.color},{layout.side},{layout.left},{layout.top},{layout.resolution}"
     return "val" if zlib.crc32(identity.encode("ascii")) % _VAL_EIGHTHS == 0 else "train"
+
+
+def split_of(layout: ShapeLayout) -> str:
+    """The split that a layout's image belongs to (``hashed_split`` of its box, shape and colour)."""
+    return hashed_split(
+        f"{layout.shape},{layout.color},{layout.side},{layout.left},{layout.top},{layout.resolution}"
+    )
 
 
 def _draw_layouts(rng: np.random.Generator, num: int, resolution: int, split: str) -> list[ShapeLayout]:
@@ -239,23 +271,30 @@ def _draw_layouts(rng: np.random.Generator, num: int, resolution: int, split: st
     return layouts[:num]
 
 
-def _split_rng(seed: int, split: str) -> np.random.Generator:
-    """The random stream of one split, derived from the set's seed."""
+def split_rng(seed: int, split: str) -> np.random.Generator:
+    """The random stream of one split ("train" or "val"), derived from the set's seed."""
+    if split not in _SPLIT_STREAMS:
+        raise ValueError(f"unknown split '{split}'; available: {', '.join(_SPLIT_STREAMS)}")
     return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAMS[split]]))
+
+
+def check_count(num: int) -> None:
+    """Refuse a negative number of samples to generate."""
+    if num < 0:
+        raise ValueError(f"num must be non-negative, got {num}")
 
 
 def generate_shapes(num: int, *, resolution: int, seed: int, split: str = "train") -> Iterator[ShapeSample]:
     """Render the first ``num`` samples of one split, exactly as ``write_shapes_dataset`` writes them."""
-    if split not in _SPLIT_STREAMS:
-        raise ValueError(f"unknown split '{split}'; available: {', '.join(_SPLIT_STREAMS)}")
-    if num < 0:
-        raise ValueError(f"num must be non-negative, got {num}")
-    _check_arguments(resolution=resolution, seed=seed, num_train=1, num_val=0, samples_per_shard=1)
-    for index, layout in enumerate(_draw_layouts(_split_rng(seed, split), num, resolution, split)):
+    rng = split_rng(seed, split)
+    check_count(num)
+    check_set_arguments(resolution=resolution, seed=seed, num_train=1, num_val=0, samples_per_shard=1)
+    for index, layout in enumerate(_draw_layouts(rng, num, resolution, split)):
         yield _sample(index, layout)
 
 
 def _sample(index: int, layout: ShapeLayout) -> ShapeSample:
+    """The sample of a layout, keyed by its index in the split."""
     return ShapeSample(
         key=f"{index:09d}",
         image=render_shape(layout),
@@ -270,11 +309,18 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _check_arguments(
-    *, resolution: int, seed: int, num_train: int, num_val: int, samples_per_shard: int
+def check_set_arguments(
+    *,
+    resolution: int,
+    seed: int,
+    num_train: int,
+    num_val: int,
+    samples_per_shard: int,
+    min_resolution: int = 16,
 ) -> None:
-    if resolution < 16:
-        raise ValueError(f"resolution must be at least 16 pixels, got {resolution}")
+    """Refuse a synthetic set's resolution, seed, sizes or shard size where they cannot be written."""
+    if resolution < min_resolution:
+        raise ValueError(f"resolution must be at least {min_resolution} pixels, got {resolution}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     if num_train < 1:
@@ -285,11 +331,15 @@ def _check_arguments(
         raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
 
 
-def _shard_samples(layouts: list[ShapeLayout], first_index: int) -> list[dict[str, bytes]]:
+SampleOf = Callable[[int, Any], ShapeSample]
+"""Renders the layout with a given index of a split (a module-level function: worker processes pickle it)."""
+
+
+def _shard_samples(layouts: list, first_index: int, sample_of: SampleOf) -> list[dict[str, bytes]]:
     """The webdataset samples (png, txt, json) of consecutive layouts, numbered from ``first_index``."""
     samples = []
     for offset, layout in enumerate(layouts):
-        sample = _sample(first_index + offset, layout)
+        sample = sample_of(first_index + offset, layout)
         samples.append(
             {
                 "__key__": sample.key,
@@ -301,11 +351,13 @@ def _shard_samples(layouts: list[ShapeLayout], first_index: int) -> list[dict[st
     return samples
 
 
-def _rendered_shards(layouts: list[ShapeLayout], samples_per_shard: int) -> Iterator[list[dict[str, bytes]]]:
+def _rendered_shards(
+    layouts: list, samples_per_shard: int, sample_of: SampleOf
+) -> Iterator[list[dict[str, bytes]]]:
     """Each shard's samples in order, rendered in forked worker processes when there is enough work to pay
     for them."""
     jobs = [
-        (layouts[start : start + samples_per_shard], start)
+        (layouts[start : start + samples_per_shard], start, sample_of)
         for start in range(0, len(layouts), samples_per_shard)
     ]
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
@@ -332,10 +384,11 @@ def _split_shards(manifest: dict) -> list[str]:
     return manifest["train"] + manifest["val"]
 
 
-def _read_manifest(folder: Path) -> dict | None:
-    """The manifest of a complete set in ``folder``, or None if there is none or a listed shard is missing."""
+def _read_manifest(folder: Path, version: int = _MANIFEST_VERSION) -> dict | None:
+    """The manifest of a complete set in ``folder``, or None if there is none, a listed shard is missing
+    or it was written by another version."""
     manifest = read_complete_manifest(folder, legacy_shards=_split_shards)
-    return manifest if manifest is not None and manifest.get("version") == _MANIFEST_VERSION else None
+    return manifest if manifest is not None and manifest.get("version") == version else None
 
 
 def _shards_of(folder: Path, manifest: dict) -> ShapesShards:
@@ -345,91 +398,109 @@ def _shards_of(folder: Path, manifest: dict) -> ShapesShards:
     )
 
 
-def write_shapes_dataset(
-    root: str | Path, *, resolution: int, seed: int, num_train: int, num_val: int, samples_per_shard: int
+def set_folder(root: str | Path, *, resolution: int, seed: int, num_train: int, num_val: int) -> Path:
+    """Where a synthetic set of these sizes lives: ``{root}/{resolution}px-seed{seed}-n{num_train}-{num_val}``
+    (absolute)."""
+    return Path(root).resolve() / f"{resolution}px-seed{seed}-n{num_train}-{num_val}"
+
+
+def existing_synthetic_set(folder: Path, version: int = _MANIFEST_VERSION) -> ShapesShards | None:
+    """The shards of the complete set in ``folder`` written by manifest ``version``, else None."""
+    manifest = _read_manifest(folder, version)
+    return _shards_of(folder, manifest) if manifest is not None else None
+
+
+def write_synthetic_set(
+    folder: Path,
+    manifest: dict,
+    layouts_of: Callable[[str, int], list],
+    sample_of: SampleOf,
+    name: str,
 ) -> ShapesShards:
-    """Write the shapes set under ``root`` as tar shards, or reuse it if a complete copy is there.
+    """Write a synthetic set into ``folder`` as ``{train,val}/NNNNNN.tar``, or reuse a complete copy there.
 
-    The set goes to ``{root}/{resolution}px-seed{seed}-n{num_train}-{num_val}/{train,val}/NNNNNN.tar``.
-    It is written into a temporary sibling folder whose manifest is written last, and renamed into
-    place when complete (``ldm.data.shard_writer``), so an interrupted run never leaves a set that
-    looks finished.
+    ``manifest`` describes the set (its ``version``, ``num_train``, ``num_val``, ``samples_per_shard``
+    and whatever fixes its images); ``layouts_of(split, num)`` draws a split's layouts and
+    ``sample_of(index, layout)`` renders one. The set is written into a temporary sibling folder
+    whose manifest is written last, and renamed into place when complete (``ldm.data.shard_writer``),
+    so an interrupted run never leaves a set that looks finished.
     """
-    _check_arguments(
-        resolution=resolution,
-        seed=seed,
-        num_train=num_train,
-        num_val=num_val,
-        samples_per_shard=samples_per_shard,
-    )
-    root = Path(root).resolve()
-    folder = root / f"{resolution}px-seed{seed}-n{num_train}-{num_val}"
-    manifest = {
-        "version": _MANIFEST_VERSION,
-        "resolution": resolution,
-        "seed": seed,
-        "num_train": num_train,
-        "num_val": num_val,
-        "samples_per_shard": samples_per_shard,
-    }
-
-    existing = _read_manifest(folder)
+    existing = _read_manifest(folder, manifest["version"])
     if existing is not None:
-        _note_reuse(folder, existing, samples_per_shard)
+        _note_reuse(folder, existing, manifest["samples_per_shard"], name)
         return _shards_of(folder, existing)
 
+    num_train, num_val = manifest["num_train"], manifest["num_val"]
     logger.info(
-        "generating the shapes set: %d train + %d val images at %dpx into %s",
+        "generating the %s: %d train + %d val images at %dpx into %s",
+        name,
         num_train,
         num_val,
-        resolution,
+        manifest["resolution"],
         folder,
     )
     started = time.perf_counter()
+    manifest = dict(manifest)
     with staged_folder(folder, legacy_shards=_split_shards) as staging:
         for split, num in (("train", num_train), ("val", num_val)):
-            layouts = _draw_layouts(_split_rng(seed, split), num, resolution, split)
-            with ShardWriter(staging, f"{split}/%06d.tar", samples_per_shard, writes_manifest=False) as sink:
-                for samples in _rendered_shards(layouts, samples_per_shard):
+            layouts = layouts_of(split, num)
+            shard_size = manifest["samples_per_shard"]
+            with ShardWriter(staging, f"{split}/%06d.tar", shard_size, writes_manifest=False) as sink:
+                for samples in _rendered_shards(layouts, shard_size, sample_of):
                     _write_shard(sink, samples)
             manifest[split] = sink.shards
         # The manifest is written last: its presence marks the set complete.
         write_manifest(staging, manifest["train"] + manifest["val"], num_train + num_val, manifest)
 
-    manifest = _read_manifest(folder)
-    if manifest is None:
-        raise RuntimeError(f"the shapes set at {folder} has no valid manifest after writing it")
-    logger.info("wrote the shapes set in %.1f s", time.perf_counter() - started)
-    return _shards_of(folder, manifest)
+    written = _read_manifest(folder, manifest["version"])
+    if written is None:
+        raise RuntimeError(f"the {name} at {folder} has no valid manifest after writing it")
+    logger.info("wrote the %s in %.1f s", name, time.perf_counter() - started)
+    return _shards_of(folder, written)
 
 
-def _note_reuse(folder: Path, manifest: dict, samples_per_shard: int) -> None:
+def write_shapes_dataset(
+    root: str | Path, *, resolution: int, seed: int, num_train: int, num_val: int, samples_per_shard: int
+) -> ShapesShards:
+    """Write the shapes set under ``root`` as tar shards, or reuse it if a complete copy is there.
+
+    The set goes to ``{root}/{resolution}px-seed{seed}-n{num_train}-{num_val}/{train,val}/NNNNNN.tar``
+    (``write_synthetic_set``).
+    """
+    sizes = dict(resolution=resolution, seed=seed, num_train=num_train, num_val=num_val)
+    check_set_arguments(**sizes, samples_per_shard=samples_per_shard)
+    manifest = {"version": _MANIFEST_VERSION, **sizes, "samples_per_shard": samples_per_shard}
+
+    def layouts_of(split: str, num: int) -> list[ShapeLayout]:
+        return _draw_layouts(split_rng(seed, split), num, resolution, split)
+
+    return write_synthetic_set(set_folder(root, **sizes), manifest, layouts_of, _sample, "shapes set")
+
+
+def _note_reuse(folder: Path, manifest: dict, samples_per_shard: int, name: str) -> None:
     if manifest["samples_per_shard"] != samples_per_shard:
         logger.warning(
-            "reusing the shapes set at %s written with %d samples per shard, not %d "
+            "reusing the %s at %s written with %d samples per shard, not %d "
             "(the images are the same; delete the folder to reshard)",
+            name,
             folder,
             manifest["samples_per_shard"],
             samples_per_shard,
         )
     else:
-        logger.debug("reusing the shapes set at %s", folder)
+        logger.debug("reusing the %s at %s", name, folder)
+
+
+def config_sizes(cfg: DataConfig) -> dict[str, int]:
+    """The resolution, seed and split sizes of a data config, as the set writers take them."""
+    return dict(resolution=cfg.resolution, seed=cfg.seed, num_train=cfg.num_train, num_val=cfg.num_val)
 
 
 def existing_shapes_dataset(cfg: DataConfig) -> ShapesShards | None:
     """The shapes set of a data config if a complete copy is on disk, else None (nothing is written)."""
-    folder = Path(cfg.root).resolve() / f"{cfg.resolution}px-seed{cfg.seed}-n{cfg.num_train}-{cfg.num_val}"
-    manifest = _read_manifest(folder)
-    return _shards_of(folder, manifest) if manifest is not None else None
+    return existing_synthetic_set(set_folder(cfg.root, **config_sizes(cfg)))
 
 
 def ensure_shapes_dataset(cfg: DataConfig) -> ShapesShards:
     """The shapes set described by a data config, generated on first use."""
-    return write_shapes_dataset(
-        cfg.root,
-        resolution=cfg.resolution,
-        seed=cfg.seed,
-        num_train=cfg.num_train,
-        num_val=cfg.num_val,
-        samples_per_shard=cfg.samples_per_shard,
-    )
+    return write_shapes_dataset(cfg.root, **config_sizes(cfg), samples_per_shard=cfg.samples_per_shard)

@@ -18,11 +18,14 @@ from ldm.data.urls import expand_urls
 
 if TYPE_CHECKING:
     from ldm.config import DataConfig
+    from ldm.data.shapes import ShapesShards
 
 logger = logging.getLogger(__name__)
 
-DATA_SETS = ("shapes", "webdataset")
+DATA_SETS = ("shapes", "shapes_compose", "webdataset")
 """The values of data.name."""
+SYNTHETIC_SETS = ("shapes", "shapes_compose")
+"""The built-in sets, written from data.seed on first use."""
 DECODER_OPTIONS = ("resolution", "caption_key", "crop", "flip", "sample_filter", "jpeg_draft", "uint8")
 
 
@@ -36,12 +39,32 @@ def shard_dataset(urls: list[str], **options: Any) -> ShardStream:
     return ShardStream(urls, decoder=decoder, **options)
 
 
-def shard_urls(cfg: DataConfig) -> tuple[list[str], list[str]]:
-    """The training and validation shards of a data config (the shapes set is written on first use)."""
-    if cfg.name == "shapes":
-        from ldm.data.shapes import ensure_shapes_dataset
+def ensure_synthetic_set(cfg: DataConfig) -> ShapesShards:
+    """The built-in set of a data config (data.name in SYNTHETIC_SETS), written on first use."""
+    if cfg.name == "shapes_compose":
+        from ldm.data.compose import ensure_compose_dataset
 
-        shards = ensure_shapes_dataset(cfg)
+        return ensure_compose_dataset(cfg)
+    from ldm.data.shapes import ensure_shapes_dataset
+
+    return ensure_shapes_dataset(cfg)
+
+
+def existing_synthetic_set(cfg: DataConfig) -> ShapesShards | None:
+    """The built-in set of a data config if a complete copy is on disk, else None (nothing is written)."""
+    if cfg.name == "shapes_compose":
+        from ldm.data.compose import existing_compose_dataset
+
+        return existing_compose_dataset(cfg)
+    from ldm.data.shapes import existing_shapes_dataset
+
+    return existing_shapes_dataset(cfg)
+
+
+def shard_urls(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """The training and validation shards of a data config (a built-in set is written on first use)."""
+    if cfg.name in SYNTHETIC_SETS:
+        shards = ensure_synthetic_set(cfg)
         return shards.train, shards.val
     if cfg.name == "webdataset":
         if not cfg.train_shards:

@@ -6,6 +6,12 @@ before each residual block. The state dict matches SD's ``model.diffusion_model.
 Image-conditioned models (SD x4 upscaler, SD inpainting) take wider inputs (the image conditioning
 concatenated to the latent, ``ldm.conditioning.concat``); the upscaler also embeds a class label,
 the noise level of its input, into the timestep embedding (``label_emb``, SD's ``num_classes``).
+
+A guidance-distilled student (Meng et al. 2023) also takes the classifier-free guidance scale w:
+with ``guidance_embed_dim`` > 0, sinusoidal features of w pass through a small MLP
+(``guidance_embed.*``, the only keys SD's layout lacks) whose output is added to the time embedding.
+Its last layer starts at zero, so a student built from a teacher's weights starts as the teacher's
+conditional model. With 0 (the default) there is no such module and no such keys.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from ldm.denoiser.conv import Conv2d
 
 logger = logging.getLogger(__name__)
 
+GUIDANCE_EMBED_SCALE = 1000.0
+"""w is embedded as a timestep of w * 1000 (as LCM's pipeline embeds it), so that scales 1-15 span
+the frequencies that the timesteps 0-999 do."""
+
 
 class UNetModel(nn.Module):
     """eps/v-prediction U-Net: (x_t, t, context tokens) -> a tensor shaped like x_t (with out_channels)."""
@@ -55,6 +65,7 @@ class UNetModel(nn.Module):
         concat_channels: int = 0,
         num_classes: Optional[int] = None,
         disable_self_attentions: Optional[Sequence[bool]] = None,
+        guidance_embed_dim: int = 0,
     ) -> None:
         super().__init__()
         channel_mult = list(channel_mult)
@@ -80,6 +91,8 @@ class UNetModel(nn.Module):
             transformer_depth,
             attention_backend,
         )
+        if guidance_embed_dim < 0:
+            raise ValueError(f"guidance_embed_dim must be >= 0 (0: no guidance), got {guidance_embed_dim}")
         self.in_channels = in_channels
         self.concat_channels = concat_channels  # of in_channels: image conditioning after the latent's
         self.out_channels = out_channels
@@ -114,6 +127,16 @@ class UNetModel(nn.Module):
         )
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+        self.guidance_embed_dim = guidance_embed_dim
+        self.guidance_embed: Optional[nn.Sequential] = None
+        if guidance_embed_dim > 0:  # w's features -> an MLP -> added to the time embedding (Meng et al. 2023)
+            self.guidance_embed = nn.Sequential(
+                nn.Linear(guidance_embed_dim, time_embed_dim),
+                nn.SiLU(),
+                nn.Linear(time_embed_dim, time_embed_dim),
+            )
+            nn.init.zeros_(self.guidance_embed[2].weight)  # starts as the model without w
+            nn.init.zeros_(self.guidance_embed[2].bias)
 
         # Encoder: input_blocks.0 is conv_in; then per level num_res_blocks x [ResBlock, (transformer)],
         # and a Downsample after every level but the last. Each block's output is kept as a skip.
@@ -221,19 +244,30 @@ class UNetModel(nn.Module):
             concat_channels=cfg.concat_channels,
             num_classes=cfg.num_classes,
             disable_self_attentions=cfg.disable_self_attentions,
+            guidance_embed_dim=cfg.guidance_embed_dim,
         )
 
     def forward(
-        self, x: Tensor, timesteps: Tensor, context: Tensor, class_labels: Optional[Tensor] = None
+        self,
+        x: Tensor,
+        timesteps: Tensor,
+        context: Tensor,
+        guidance: Optional[Tensor] = None,
+        class_labels: Optional[Tensor] = None,
     ) -> Tensor:
         """x: (b, in_channels, h, w), timesteps: (b,) int or float, context: (b, tokens, context_dim),
-        class_labels: (b,) int, given exactly when the network has num_classes -> (b, out_channels, h, w)."""
-        self._check_inputs(x, timesteps, context)
+        guidance (only with guidance_embed_dim > 0): (b,) or a scalar, class_labels: (b,) int, given
+        exactly when the network has num_classes -> (b, out_channels, h, w)."""
+        self._check_inputs(x, timesteps, context, guidance)
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))  # (b, 4 mc)
         if self.num_classes is not None or class_labels is not None:
             emb = emb + self._label_embedding(class_labels, x.shape[0]).to(emb.dtype)  # SD: + label_emb(y)
+        if self.guidance_embed is not None:
+            w = guidance.expand(x.shape[0]) if guidance.ndim == 0 else guidance
+            features = timestep_embedding(w * GUIDANCE_EMBED_SCALE, self.guidance_embed_dim).to(x.dtype)
+            emb = emb + self.guidance_embed(features)  # (b, 4 mc)
         skips = []
         h = x
         for block in self.input_blocks:
@@ -254,7 +288,9 @@ class UNetModel(nn.Module):
             raise ValueError(f"class_labels must be ({batch},) integers, got {got}")
         return self.label_emb(class_labels)
 
-    def _check_inputs(self, x: Tensor, timesteps: Tensor, context: Tensor) -> None:
+    def _check_inputs(
+        self, x: Tensor, timesteps: Tensor, context: Tensor, guidance: Optional[Tensor]
+    ) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (batch, {self.in_channels}, height, width), got {tuple(x.shape)}")
         b, _, h, w = x.shape
@@ -267,3 +303,11 @@ class UNetModel(nn.Module):
             raise ValueError(
                 f"context must be (batch={b}, tokens, context_dim={self.context_dim}), got {tuple(context.shape)}"
             )
+        if (guidance is None) != (self.guidance_embed is None):
+            raise ValueError(
+                "this U-Net takes the guidance scale as an input (guidance_embed_dim > 0): pass guidance"
+                if guidance is None
+                else "this U-Net has no guidance input (guidance_embed_dim = 0): guidance must be None"
+            )
+        if guidance is not None and (guidance.ndim > 1 or (guidance.ndim == 1 and guidance.shape[0] != b)):
+            raise ValueError(f"guidance must have shape ({b},) or be a scalar, got {tuple(guidance.shape)}")

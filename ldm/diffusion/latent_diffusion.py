@@ -8,7 +8,9 @@ moving average of the U-Net is kept beside it. Batches of cached latents carry t
 ``moments`` instead of images, and may carry each caption's text-encoder states as ``context``;
 then the encoders they stand for do not run. An image-conditioned model (``image_conditioning``:
 super-resolution or inpainting) also builds, from each batch's images, the image that is
-concatenated to the U-Net's input (``ldm.conditioning.image``).
+concatenated to the U-Net's input (``ldm.conditioning.image``). A distilled student also carries
+what it was distilled for (``distillation``: ``ldm.samplers.distilled.DistilledSampling``), which
+sampling obeys.
 
 Attribute names follow Stable Diffusion's checkpoints, so the state dict has SD's keys:
 ``first_stage_model.*``, ``cond_stage_model.model.*``, ``model.diffusion_model.*``,
@@ -48,6 +50,7 @@ from ldm.diffusion.objective import DiffusionObjective
 from ldm.diffusion.parametrization import DiscreteDenoiser
 from ldm.diffusion.schedules import alphas_cumprod_from_config
 from ldm.optim import check_lr_schedule
+from ldm.samplers.distilled import DistilledSampling
 from ldm.samplers.noise import Generators
 
 
@@ -64,6 +67,7 @@ class LatentDiffusion(nn.Module):
         sampler: SamplerConfig,
         image_size: int,
         image_conditioning: Optional[ImageConditioningConfig] = None,
+        distillation: Optional[DistilledSampling] = None,
     ):
         super().__init__()
         image_conditioning = image_conditioning or ImageConditioningConfig()
@@ -81,6 +85,9 @@ class LatentDiffusion(nn.Module):
             "image_conditioning": dataclasses.asdict(image_conditioning),
         }
         self.image_conditioning = image_conditioning
+        if distillation is not None:
+            self.checkpoint_hparams["distillation"] = distillation.as_dict()
+        self.distillation = distillation
         self.diffusion_config = diffusion
         self.conditioner_config = conditioner
         self.sampler_config = sampler
@@ -123,6 +130,7 @@ class LatentDiffusion(nn.Module):
         that loading a checkpoint needs neither the open_clip cache nor a download. ``diffusion``
         and ``sampler`` replace the checkpoint's training settings (a resumed run's config).
         """
+        distillation = hparams.get("distillation")
         return dict(
             autoencoder=AutoencoderConfig(**hparams["autoencoder"]),
             denoiser=UNetConfig(**hparams["denoiser"]),
@@ -131,6 +139,7 @@ class LatentDiffusion(nn.Module):
             sampler=sampler or SamplerConfig(**hparams["sampler"]),
             image_size=hparams["image_size"],
             image_conditioning=ImageConditioningConfig(**hparams.get("image_conditioning", {})),
+            distillation=DistilledSampling.from_dict(distillation) if distillation is not None else None,
         )
 
     @classmethod

@@ -12,6 +12,8 @@ the Stable Diffusion state-dict keys ``model.diffusion_model.*``.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -104,9 +106,17 @@ class DiscreteDenoiser(nn.Module):
         w = t - t.floor()
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: Context) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        context: Context,
+        guidance: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Denoised estimate of x0 from x = x0 + sigma * noise; sigma has shape [B]; `context`: the text
-        tokens, or a Conditioning whose image is concatenated to c_in * x (ldm.conditioning.concat)."""
+        tokens, or a Conditioning whose image is concatenated to c_in * x (ldm.conditioning.concat);
+        `guidance`, the scale w per sample, goes to a network that takes it (a guidance-distilled U-Net)."""
         c_skip, c_out, c_in = (c[:, None, None, None] for c in preconditioning(sigma, self.parameterization))
-        model_output = call_network(self.diffusion_model, x * c_in, self.sigma_to_t(sigma), context)
+        t = self.sigma_to_t(sigma)
+        model_output = call_network(self.diffusion_model, x * c_in, t, context, guidance=guidance)
         return c_skip * x + c_out * model_output

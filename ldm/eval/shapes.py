@@ -41,7 +41,7 @@ _SHAPE_PROTOTYPES = {
 _HUES = {name: np.array(rgb, dtype=np.float64) / 255.0 for name, rgb in COLORS.items()}
 
 
-def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
+def as_array(image: Image.Image | np.ndarray) -> np.ndarray:
     """An HxWx3 float array in [0, 1] from a PIL image or an HxWx3 uint8 array."""
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
@@ -53,15 +53,19 @@ def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return array.astype(np.float64) / 255.0
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected region of a boolean mask (vectorised union-find, numpy only)."""
+def connected_components(mask: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+    """Labels of the 4-connected regions of a boolean mask (vectorised union-find, numpy only): each
+    pixel of the mask gets the flat index of its region's first pixel, the others -1. With ``classes``
+    (an integer array of the mask's shape), neighbours join only when their classes are equal."""
     height, width = mask.shape
     index = np.arange(height * width).reshape(height, width)
-    # Edges between 4-neighbours that are both in the mask.
+    # Edges between 4-neighbours that are both in the mask (and of one class).
     first = np.concatenate([index[:, :-1].ravel(), index[:-1, :].ravel()])
     second = np.concatenate([index[:, 1:].ravel(), index[1:, :].ravel()])
     inside = mask.ravel()
     keep = inside[first] & inside[second]
+    if classes is not None:
+        keep &= classes.ravel()[first] == classes.ravel()[second]
     first, second = first[keep], second[keep]
     parent = index.ravel().copy()
     while True:
@@ -75,14 +79,19 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
             parent = parent[parent]
         if np.array_equal(parent[first], parent[second]):
             break
-    roots = parent[inside]
+    return np.where(mask, parent.reshape(height, width), -1)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a boolean mask."""
+    labels = connected_components(mask)
+    roots = labels[mask]
     if roots.size == 0:
         return mask.copy()
-    largest = np.bincount(roots).argmax()
-    return (parent == largest).reshape(height, width) & mask
+    return labels == np.bincount(roots).argmax()
 
 
-def _smooth(brightness: np.ndarray) -> np.ndarray:
+def smooth(brightness: np.ndarray) -> np.ndarray:
     """A light plus-shaped blur (centre weight 2, neighbours 1) that steadies noisy edges before thresholding."""
     padded = np.pad(brightness, 1, mode="edge")
     centre = padded[1:-1, 1:-1]
@@ -91,8 +100,8 @@ def _smooth(brightness: np.ndarray) -> np.ndarray:
 
 def foreground(image: Image.Image | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The pixels (HxWx3 floats) and mask of the shape, or None if it is missing or too small."""
-    pixels = _as_array(image)
-    mask = _smooth(pixels.max(axis=2)) > FOREGROUND_THRESHOLD
+    pixels = as_array(image)
+    mask = smooth(pixels.max(axis=2)) > FOREGROUND_THRESHOLD
     if mask.sum() < MIN_FOREGROUND_FRACTION * mask.size:
         return None
     mask = largest_component(mask)
@@ -101,7 +110,7 @@ def foreground(image: Image.Image | np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return pixels, mask
 
 
-def _nearest_hue(mean_rgb: np.ndarray) -> str:
+def nearest_hue(mean_rgb: np.ndarray) -> str:
     """The pure hue nearest to a colour after scaling its brightest channel to 1."""
     normalized = mean_rgb / max(mean_rgb.max(), 1e-8)
     return min(_HUES, key=lambda name: float(np.sum((_HUES[name] - normalized) ** 2)))
@@ -119,7 +128,7 @@ def _shape_features(mask: np.ndarray) -> tuple[float, float, float]:
     return float(fill), float(row_widths[:quarter].mean()), float(row_widths[-quarter:].mean())
 
 
-def _shape_of(mask: np.ndarray) -> str:
+def shape_of(mask: np.ndarray) -> str:
     """The shape whose prototype features are nearest to the mask's."""
     features = np.array(_shape_features(mask))
     return min(
@@ -134,13 +143,13 @@ def classify_color(image: Image.Image | np.ndarray) -> str | None:
     if found is None:
         return None
     pixels, mask = found
-    return _nearest_hue(pixels[mask].mean(axis=0))
+    return nearest_hue(pixels[mask].mean(axis=0))
 
 
 def classify_shape(image: Image.Image | np.ndarray) -> str | None:
     """circle, square or triangle for the shape in an image, or None if there is no shape."""
     found = foreground(image)
-    return None if found is None else _shape_of(found[1])
+    return None if found is None else shape_of(found[1])
 
 
 @dataclass
@@ -177,14 +186,19 @@ def score_images(
     tallies: dict[str, list[int]] = {}  # prompt -> [n, colour hits, shape hits]
     for image, color, shape in zip(images, colors, shapes, strict=True):
         found = foreground(image)  # computed once for both questions
-        color_hit = found is not None and _nearest_hue(found[0][found[1]].mean(axis=0)) == color
-        shape_hit = found is not None and _shape_of(found[1]) == shape
+        color_hit = found is not None and nearest_hue(found[0][found[1]].mean(axis=0)) == color
+        shape_hit = found is not None and shape_of(found[1]) == shape
         tally = tallies.setdefault(f"a {color} {shape}", [0, 0, 0])
         tally[0] += 1
         tally[1] += int(color_hit)
         tally[2] += int(shape_hit)
 
-    n = len(images)
+    return score_from_tallies(tallies)
+
+
+def score_from_tallies(tallies: dict[str, list[int]]) -> ShapesScore:
+    """The score of per-prompt tallies {prompt: [images, colour hits, shape hits]}."""
+    n = sum(t[0] for t in tallies.values())
     return ShapesScore(
         color_accuracy=sum(t[1] for t in tallies.values()) / n,
         shape_accuracy=sum(t[2] for t in tallies.values()) / n,

@@ -10,6 +10,7 @@ checkpoints have SD's keys and load into the core class for sampling.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -84,11 +85,15 @@ class LatentDiffusionModule(LatentDiffusion, pl.LightningModule):
         optimizer = adamw(
             groups, allow_fused=allow_fused, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
-        schedule = partial(
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_schedule(self) -> Callable[[int], float]:
+        """The learning-rate multiplier per optimizer step: warm-up, then constant or cosine to max_steps."""
+        cfg = self.diffusion_config
+        return partial(
             lr_multiplier, warmup_steps=cfg.warmup_steps, schedule=cfg.lr_schedule, max_steps=cfg.max_steps
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ldm_stage"] = STAGE

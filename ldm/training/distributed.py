@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ldm.config import DataConfig
-from ldm.data.shapes import ensure_shapes_dataset, existing_shapes_dataset
+from ldm.data.shards import SYNTHETIC_SETS, ensure_synthetic_set, existing_synthetic_set
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +31,20 @@ def global_rank() -> int:
 
 
 def prepare_data(cfg: DataConfig, timeout: float = 3600.0, poll: float = 1.0) -> None:
-    """Write the shapes set on rank 0; other ranks wait (up to `timeout` s) until it is complete."""
-    if cfg.name != "shapes":
+    """Write the built-in set (shapes or shapes_compose) on rank 0; other ranks wait (up to `timeout` s)
+    until it is complete."""
+    if cfg.name not in SYNTHETIC_SETS:
         return
     rank = global_rank()
     if rank == 0:
-        ensure_shapes_dataset(cfg)
+        ensure_synthetic_set(cfg)
         return
     deadline = time.monotonic() + timeout
-    while existing_shapes_dataset(cfg) is None:
+    while existing_synthetic_set(cfg) is None:
         if time.monotonic() > deadline:
             raise ValueError(
-                f"rank {rank} waited {timeout:.0f} s for rank 0 to write the shapes set under "
+                f"rank {rank} waited {timeout:.0f} s for rank 0 to write the {cfg.name} set under "
                 f"{Path(cfg.root).resolve()}: data.root must be on a file system that all ranks share"
             )
         time.sleep(poll)
-    log.info("rank %d: the shapes set written by rank 0 is complete", rank)
+    log.info("rank %d: the %s set written by rank 0 is complete", rank, cfg.name)

@@ -2,7 +2,9 @@
 
 Stage 1 trains the autoencoder (unless ``autoencoder.ckpt_path`` points at a trained one);
 stage 2 trains the U-Net on the frozen autoencoder's latents. ``stage=autoencoder`` or
-``stage=diffusion`` runs only one of them. A run directory holds::
+``stage=diffusion`` runs only one of them. ``stage=distill`` distils a trained stage 2
+(``diffusion.init_from``) into few-step students (``ldm.training.distill_module``), writing
+``checkpoints/distill-N.ckpt`` for each N-step student. A run directory holds::
 
     config.yaml                         the resolved config
     autoencoder/checkpoints/last.ckpt   stage 1
@@ -42,6 +44,7 @@ from ldm.training.checkpoint_io import StreamingCheckpointIO
 from ldm.training.config_store import register_configs
 from ldm.training.datamodule import build_datamodule
 from ldm.training.diffusion_module import LatentDiffusionModule
+from ldm.training.distill_module import TEACHER_KEY, DistillationCheckpoints, DistillationModule
 from ldm.training.distributed import global_rank, prepare_data
 from ldm.training.loggers import build_logger, logging_callbacks
 from ldm.training.nonfinite import NonFiniteGuard
@@ -61,6 +64,11 @@ log = logging.getLogger("ldm.train")
 
 TRAIN_FULL_ERROR_VARIABLES = (*FULL_ERROR_VARIABLES, "HYDRA_FULL_ERROR")
 """Environment variables that, set to 1, show a user error's traceback (Hydra's own too)."""
+SAMPLE_COMMANDS = {
+    "super_resolution": "upscale --init-img small.png",
+    "inpainting": "inpaint --init-img in.png --mask mask.png",
+}
+"""The ``python -m ldm.sample`` command (and its image flags) of each image-conditioned kind; txt2img else."""
 
 
 register_configs()
@@ -124,11 +132,14 @@ class ResumePoint:
     path: str
     stage: str
     hparams: dict[str, Any]
+    distilling: bool = False
+    """Whether a distillation run wrote it (it holds the teacher)."""
 
     @classmethod
     def read(cls, path: str) -> ResumePoint:
         checkpoint = read_checkpoint(path)
-        return cls(str(path), checkpoint["ldm_stage"], checkpoint["hyper_parameters"])
+        distilling = TEACHER_KEY in checkpoint
+        return cls(str(path), checkpoint["ldm_stage"], checkpoint["hyper_parameters"], distilling)
 
 
 def train_autoencoder(
@@ -194,6 +205,9 @@ def check_cached_latents(config: TrainConfig) -> None:
             "set one of them to false"
         )
     if not config.data.cached_latents:
+        return
+    if config.stage == "distill":  # the teacher's autoencoder (a resumed run's is the same)
+        check_cache_autoencoder(shard_urls(config.data)[0], config.diffusion.init_from or config.resume)
         return
     if config.stage != "diffusion":
         raise ValueError(
@@ -284,6 +298,26 @@ def train_diffusion(
     return fit_diffusion(config, module, datamodule, run_dir)
 
 
+def train_distill(
+    config: TrainConfig,
+    datamodule: pl.LightningDataModule,
+    run_dir: Path,
+    resume: Optional[ResumePoint] = None,
+) -> Path:
+    """stage=distill: distil the stage-2 checkpoint diffusion.init_from (or continue the distillation
+    checkpoint `resume`); returns the last checkpoint."""
+    if resume is not None:
+        module = DistillationModule.from_resume(resume.hparams, config)
+    else:
+        module = DistillationModule.from_teacher(config.diffusion.init_from, config)
+        if config.data.cached_text:  # the teacher's text encoder (a resumed fit checks at its start)
+            check_cache_text_encoder(shard_urls(config.data)[0], module.cond_stage_model)
+    datamodule.batch_size = config.diffusion.batch_size or config.data.batch_size
+    plan = ", ".join(f"{p.kind} {p.steps} steps ({p.end - p.begin})" for p in module.phases)
+    log.info("distilling %s: %s", module.diffusion_config.init_from, plan)
+    return fit_diffusion(config, module, datamodule, run_dir, resume.path if resume else None)
+
+
 def fit_diffusion(
     config: TrainConfig,
     module: LatentDiffusionModule,
@@ -291,26 +325,37 @@ def fit_diffusion(
     run_dir: Path,
     resume: Optional[str] = None,
 ) -> Path:
-    """Run stage 2's Trainer on a built module; returns the checkpoint."""
+    """Run stage 2's (or a distillation's) Trainer on a built module; returns the checkpoint."""
     module.accelerate(compile=config.trainer.compile, channels_last=config.trainer.channels_last)
     module.seed = config.seed
+    distilling = isinstance(module, DistillationModule)
+    max_steps = module.total_steps if distilling else config.diffusion.max_steps
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info(
-        "stage 2: training the U-Net (%.2fM parameters) for %d steps",
+        "%s: training the U-Net (%.2fM parameters) for %d steps",
+        "distillation" if distilling else "stage 2",
         n_params / 1e6,
-        config.diffusion.max_steps,
+        max_steps,
     )
     grids = SampleGridCallback(
         config.trainer.sample_prompts, every_n_steps=config.trainer.sample_every_n_steps
     )
     callbacks: list[pl.Callback] = [grids]
+    if distilling:
+        callbacks.append(DistillationCheckpoints(run_dir / "checkpoints", module.phases, grids))
     if config.data.cached_text and resume is not None:
         callbacks.append(CachedTextCheck(shard_urls(config.data)[0]))
-    trainer = build_trainer(config, run_dir, "diffusion", config.diffusion.max_steps, callbacks, module)
+    trainer = build_trainer(config, run_dir, "diffusion", max_steps, callbacks, module)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     path = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
-    log.info("stage 2 done: %s (validation: %s)", path, _metrics(trainer))
+    what = "distillation" if distilling else "stage 2"
+    log.info("%s done: %s (validation: %s)", what, path, _metrics(trainer))
+    log.info(
+        'sample with: python -m ldm.sample %s --ckpt %s --prompt "..." --outdir out/',
+        SAMPLE_COMMANDS.get(module.image_conditioning.task, "txt2img"),
+        path,
+    )
     return path
 
 
@@ -324,10 +369,11 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
         config = replace(config, resume=str(found) if found else None)
     resume = ResumePoint.read(config.resume) if config.resume else None
     resume_stage = resume.stage if resume else None
-    if resume_stage == "autoencoder" and config.stage == "diffusion":
-        raise ValueError(f"resume={config.resume} is a stage-1 checkpoint, but stage=diffusion")
+    if resume_stage == "autoencoder" and config.stage in ("diffusion", "distill"):
+        raise ValueError(f"resume={config.resume} is a stage-1 checkpoint, but stage={config.stage}")
     if resume_stage == "diffusion" and config.stage == "autoencoder":
         raise ValueError(f"resume={config.resume} is a stage-2 checkpoint, but stage=autoencoder")
+    check_distill_resume(config, resume)
     init_parts = init_from_parts(config.diffusion.init_from) if config.diffusion.init_from else set()
     init_autoencoder = "autoencoder" in init_parts
     config = with_training_text_encoder(config, init_parts)
@@ -364,19 +410,27 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
             config.resume if resume_stage == "diffusion" else autoencoder_ckpt or config.diffusion.init_from
         )
         log.info("stage 1 skipped: using the trained autoencoder %s", source)
+    if config.stage == "distill":
+        written["diffusion"] = train_distill(config, datamodule, run_dir, resume)
     if config.stage in ("all", "diffusion"):
         stage2_resume = resume if resume_stage == "diffusion" else None
         written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt, stage2_resume)
-        mode = {
-            "super_resolution": "upscale --init-img small.png",
-            "inpainting": "inpaint --init-img in.png --mask mask.png",
-        }
-        log.info(
-            'sample with: python -m ldm.sample %s --ckpt %s --prompt "..." --outdir out/',
-            mode.get(config.image_conditioning.task, "txt2img"),
-            written["diffusion"],
-        )
     return written
+
+
+def check_distill_resume(config: TrainConfig, resume: Optional[ResumePoint]) -> None:
+    """A distillation continues only a distillation checkpoint, and needs a teacher to start from."""
+    if config.stage != "distill":
+        if resume is not None and resume.distilling:
+            raise ValueError(f"resume={resume.path} is a distillation run's checkpoint: set stage=distill")
+        return
+    if resume is None and not config.diffusion.init_from:
+        raise ValueError("stage=distill needs a stage-2 checkpoint to distil: set diffusion.init_from=<ckpt>")
+    if resume is not None and not resume.distilling:
+        raise ValueError(
+            f"resume={resume.path} is not a distillation run's checkpoint: to distil it, set "
+            f"diffusion.init_from={resume.path} (without resume)"
+        )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

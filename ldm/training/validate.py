@@ -18,10 +18,12 @@ from ldm.autoencoder.losses import DISC_LOSSES, RECONSTRUCTION_LOSSES
 from ldm.conditioning.image import check_image_conditioning
 from ldm.conditioning.text import LAYERS
 from ldm.config import AutoencoderConfig, TrainConfig
+from ldm.data.compose import ComposeRules
 from ldm.data.decode import CROPS
 from ldm.data.shards import DATA_SETS
 from ldm.denoiser.attention import ATTENTION_BACKENDS
 from ldm.diffusion.channel_normalization import LATENT_NORMALIZATIONS
+from ldm.diffusion.distillation import DISTILLATION_WEIGHTINGS
 from ldm.diffusion.ema import EMA_WARMUPS
 from ldm.diffusion.parametrization import PARAMETERIZATIONS
 from ldm.diffusion.schedules import BETA_SCHEDULES
@@ -31,7 +33,7 @@ from ldm.samplers import SAMPLERS
 from ldm.samplers.sigmas import SCHEDULES, SPACINGS
 from ldm.training.throughput import check_window
 
-STAGES = ("all", "autoencoder", "diffusion")
+STAGES = ("all", "autoencoder", "diffusion", "distill")
 STRATEGIES = ("auto", "ddp", "fsdp")
 FSDP_SHARDINGS = ("full", "grad_op")
 LOGGERS = ("csv", "wandb", "tensorboard")
@@ -122,6 +124,11 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     _one_of("sampler.schedule", sampler.schedule, SCHEDULES)
     _one_of("sampler.spacing", sampler.spacing, SPACINGS)
     _one_of("data.name", data.name, DATA_SETS)
+    if data.name == "shapes_compose":
+        try:
+            ComposeRules.from_config(data.compose)
+        except ValueError as error:
+            raise ConfigError(f"config: {error}") from None
     _one_of("data.crop", data.crop, CROPS)
     _at_least("data.batch_size", data.batch_size, 1)
     _at_least("data.num_workers", data.num_workers, 0)
@@ -156,3 +163,30 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     _positive("trainer.gradient_clip_val", config.trainer.gradient_clip_val, optional=True)
     check_window(config.trainer.throughput_window)
     _one_of("logger.kind", config.logger.kind, LOGGERS)
+    _at_least("denoiser.guidance_embed_dim", config.denoiser.guidance_embed_dim, 0)
+    if config.stage == "distill":
+        check_distill(config)
+    elif config.denoiser.guidance_embed_dim:
+        _fail("denoiser.guidance_embed_dim", "is for stage=distill (stage 2 trains no guidance input)",
+              config.denoiser.guidance_embed_dim)
+
+
+def check_distill(config: TrainConfig) -> None:
+    """The distill section: step counts that halve down to end_steps, a guidance range, known names."""
+    distill = config.distill
+    _at_least("distill.start_steps", distill.start_steps, 1)
+    _at_least("distill.end_steps", distill.end_steps, 1)
+    ratio = distill.start_steps // distill.end_steps
+    if distill.start_steps % distill.end_steps or ratio & (ratio - 1):
+        _fail("distill.start_steps", f"must be end_steps ({distill.end_steps}) times a power of two",
+              distill.start_steps)
+    _at_least("distill.steps_per_round", distill.steps_per_round, 1)
+    _at_least("distill.guidance_steps", distill.guidance_steps, 0)
+    if ratio == 1 and distill.guidance_steps == 0:
+        _fail("distill.guidance_steps", "must be > 0 when start_steps = end_steps (nothing to distil)",
+              distill.guidance_steps)
+    low_high = list(distill.guidance_range)
+    if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
+        _fail("distill.guidance_range", "must be [low, high] with 0 <= low <= high", low_high)
+    _one_of("distill.parameterization", distill.parameterization, PARAMETERIZATIONS)
+    _one_of("distill.loss_weighting", distill.loss_weighting, DISTILLATION_WEIGHTINGS)

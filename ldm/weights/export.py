@@ -124,6 +124,14 @@ def unstatable_settings(hparams: dict[str, Any]) -> dict[str, list[str]]:
         )
     if diffusion.zero_terminal_snr:
         found["ldm"].append("diffusion.zero_terminal_snr=true: LDM's schedules have no such rescaling")
+    if denoiser.guidance_embed_dim:
+        found["ldm"].append(
+            f"denoiser.guidance_embed_dim={denoiser.guidance_embed_dim}: LDM's UNetModel has no w input"
+        )
+        found["diffusers_unet"].append(
+            f"denoiser.guidance_embed_dim={denoiser.guidance_embed_dim}: diffusers' time_cond_proj_dim (LCM) "
+            "adds a linear map of w's features to the timestep features, not an MLP to the time embedding"
+        )
 
     if denoiser.channel_mult[0] != 1:
         found["diffusers_unet"].append(

@@ -21,6 +21,11 @@ recomputed) and the inpainting models (``512-inpainting-ema``, ``sd-v1-5-inpaint
 channels). A text-to-image checkpoint starts an inpainting fine-tune (``diffusion.init_from``) with
 the new input channels' weights zero (``widen_for_image_conditioning``), as SD 2 inpainting was made.
 
+A guidance-distilled student's U-Net has one module SD's U-Net lacks, the guidance-scale embedding
+(``model.diffusion_model.guidance_embed.*``, ``ldm.denoiser.unet``); its keys travel with the others
+under the same prefix, and reading them back needs an architecture that has it: the student's own
+checkpoint (``--arch RUN/checkpoints/distill-4.ckpt``), which also brings back what it was distilled for.
+
 A standalone SD VAE file (``vae-ft-mse-840000-ema-pruned`` and the like) holds ``KLAutoencoder``'s
 state dict as it is (``encoder.*``, ``decoder.*``, ``quant_conv.*``, ``post_quant_conv.*``);
 :func:`load_sd_vae` also takes the ``first_stage_model.*`` part of a full checkpoint. LDM's
@@ -48,7 +53,7 @@ from ldm.config import (
 )
 from ldm.diffusion.channel_normalization import MEAN_KEY, STD_KEY, fold_into_autoencoder
 from ldm.diffusion.scaling import choose_scale_factor
-from ldm.weights.checkpoint import CheckpointError
+from ldm.weights.checkpoint import CheckpointError, read_checkpoint
 from ldm.weights.io import WeightsError, check_state_dict, load_checked, read_tensors, write_tensors
 
 if TYPE_CHECKING:
@@ -115,6 +120,8 @@ class SDArchitecture:
     """The default sampler of the converted checkpoint."""
     image_conditioning: ImageConditioningConfig = field(default_factory=ImageConditioningConfig)
     """The image the model is conditioned on besides the text (text-to-image: none)."""
+    distillation: Optional[dict[str, Any]] = None
+    """A distilled student's ``hyper_parameters["distillation"]`` (its step count, guidance range, ...)."""
 
 
 def sd_image_architectures(text_to_image: dict[str, SDArchitecture]) -> dict[str, SDArchitecture]:
@@ -178,13 +185,35 @@ def sd_architectures() -> dict[str, SDArchitecture]:
 
 
 def get_sd_architecture(name: str) -> SDArchitecture:
-    """The preset called `name`, or the architecture of a run's resolved config (a path to config.yaml)."""
+    """The preset called `name`, the architecture of a run's resolved config (a path to config.yaml),
+    or that of an ldm stage-2 checkpoint (a path to a .ckpt)."""
     presets = sd_architectures()
     if name in presets:
         return presets[name]
     if name.endswith((".yaml", ".yml")):
         return sd_architecture_from_config(name)
-    raise ValueError(f"unknown SD architecture '{name}'; available: {', '.join(presets)}, or a config.yaml")
+    if name.endswith(".ckpt"):
+        return sd_architecture_from_checkpoint(name)
+    raise ValueError(
+        f"unknown SD architecture '{name}'; available: {', '.join(presets)}, a config.yaml or an ldm .ckpt"
+    )
+
+
+def sd_architecture_from_checkpoint(path: str | Path) -> SDArchitecture:
+    """The architecture an ldm stage-2 checkpoint was built with (its hyper_parameters), a distilled
+    student's included."""
+    hparams = read_checkpoint(path, expected_stage="diffusion")["hyper_parameters"]
+    return SDArchitecture(
+        f"from {path}",
+        UNetConfig(**hparams["denoiser"]),
+        AutoencoderConfig(**hparams["autoencoder"]),
+        ConditionerConfig(**hparams["conditioner"]),
+        DiffusionConfig(**hparams["diffusion"]),
+        hparams["image_size"],
+        SamplerConfig(**hparams["sampler"]),
+        ImageConditioningConfig(**hparams.get("image_conditioning", {})),
+        hparams.get("distillation"),
+    )
 
 
 def sd_architecture_from_config(path: str | Path) -> SDArchitecture:
@@ -199,6 +228,11 @@ def sd_architecture_from_config(path: str | Path) -> SDArchitecture:
     config: TrainConfig = OmegaConf.to_object(
         OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
     )
+    if config.stage == "distill":
+        raise ValueError(
+            f"{path} is a distillation run's config, whose student is built from its teacher: give the "
+            "student's checkpoint instead (--arch <run>/checkpoints/last.ckpt)"
+        )
     return SDArchitecture(
         f"from {path}",
         config.denoiser,
@@ -335,6 +369,8 @@ def ldm_checkpoint_from_sd(
         "image_size": arch.image_size,
         "image_conditioning": dataclasses.asdict(arch.image_conditioning),
     }
+    if arch.distillation is not None:
+        hyper_parameters["distillation"] = dict(arch.distillation)
     return {
         "ldm_stage": "diffusion",
         "global_step": 0,

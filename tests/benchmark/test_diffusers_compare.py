@@ -14,6 +14,7 @@ from ldm.benchmark.diffusers_compare import (
     DisagreementError,
     agreement_errors,
     check_agreement,
+    compare_training,
     diffusers_networks,
     export_for_diffusers,
     import_diffusers,
@@ -92,3 +93,22 @@ def test_paired_rounds_alternate_and_give_the_ratio(squares_clock):
     assert (m.metrics["ours_seconds"].value, m.metrics["theirs_seconds"].value) == (5, 9)
     assert m.metrics["ours"].value == 4 / 5 and m.metrics["theirs"].value == 4 / 9
     assert m.metrics["ratio"].value == 9 / 5 and m.metrics["ratio"].unit == "ours/theirs"
+
+
+@pytest.mark.parametrize("with_optimizer, case", [(True, "unet step"), (False, "unet forward+backward")])
+def test_the_training_comparison_can_leave_out_the_optimizer(monkeypatch, with_optimizer, case):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, settings, networks = debug_bench(
+        "bench.compare=diffusers",
+        f"bench.compare_optimizer={str(with_optimizer).lower()}",
+        "bench.rounds=1",
+        "bench.warmup=0",
+    )
+    theirs = diffusers_networks(networks)
+    before = [p.detach().clone() for p in theirs.unet.parameters()]
+    m = compare_training(networks, theirs, settings, 2)
+    assert m.case == case
+    assert ("no optimizer" in m.notes) != with_optimizer
+    changed = sum(not torch.equal(a, b) for a, b in zip(theirs.unet.parameters(), before))
+    assert (changed > 0) == with_optimizer
+    assert all(p.grad is None for p in theirs.unet.parameters()) != with_optimizer

@@ -80,3 +80,20 @@ def test_fp16_steps_through_a_grad_scaler(precision, scaled):
     after = list(networks.unet.parameters())
     assert all(torch.isfinite(p).all() for p in after)
     assert sum(not torch.equal(a, b) for a, b in zip(after, before)) == len(before)  # every weight stepped
+
+
+def test_a_step_without_an_optimizer_leaves_the_weights_and_frees_the_gradients():
+    torch.manual_seed(0)
+    _, settings, networks = debug_bench("bench.precision=fp16")
+    parameters = list(networks.unet.parameters())
+    step = training_step(networks.unet.train(), networks, settings, 2, None, parameters)
+    assert step.scaler is None  # nothing to unscale without an update
+    before = [p.detach().clone() for p in parameters]
+    seen = []
+    hook = parameters[0].register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.abs().sum().item()))
+    loss = step()
+    hook.remove()
+    assert torch.isfinite(loss)
+    assert len(seen) == 1 and seen[0] > 0  # the backward pass ran and reached the first weight
+    assert all(p.grad is None for p in parameters)
+    assert all(torch.equal(a, b) for a, b in zip(parameters, before))

@@ -15,7 +15,7 @@ from torch import nn
 from ldm.conditioning.concat import Conditioning, ImageConditioning, call_network, guidance_batch
 from ldm.denoiser import UNetModel
 from ldm.diffusion.objective import DiffusionObjective
-from ldm.diffusion.parametrization import DiscreteDenoiser
+from ldm.diffusion.parametrization import DiscreteDenoiser, preconditioning
 from ldm.diffusion.schedules import alphas_cumprod_from_betas, make_betas
 from ldm.samplers import SAMPLERS
 from ldm.samplers.guidance import CFGDenoiser
@@ -26,14 +26,15 @@ from tests.conftest import assert_float32_close
 B, LATENT, IMAGE, SIDE, TOKENS, WIDTH = 2, 4, 3, 8, 5, 16
 
 
-def concat_unet(seed: int = 0) -> UNetModel:
-    """An SD-x4-like tiny U-Net: 4 latent + 3 image channels in, a class embedding, every weight random."""
+def concat_unet(seed: int = 0, guidance_embed_dim: int = 0) -> UNetModel:
+    """An SD-x4-like tiny U-Net: 4 latent + 3 image channels in, a class embedding, every weight random;
+    with `guidance_embed_dim`, a guidance-distilled student's w input too."""
     torch.manual_seed(seed)
     unet = UNetModel(
         in_channels=LATENT + IMAGE, out_channels=LATENT, model_channels=32, channel_mult=[1, 2],
         num_res_blocks=1, attention_resolutions=[2], num_head_channels=16, num_heads=-1,
         transformer_depth=1, context_dim=WIDTH, use_linear_in_transformer=True, num_classes=1000,
-        disable_self_attentions=[False, True],
+        disable_self_attentions=[False, True], guidance_embed_dim=guidance_embed_dim,
     )  # fmt: skip
     with torch.no_grad():
         for p in unet.parameters():
@@ -87,6 +88,31 @@ def test_the_image_follows_the_latent_channels_and_the_label_is_passed(inputs):
     assert torch.equal(kwargs["class_labels"], torch.tensor([3, 250]))
     call_network(network, x, t, inputs["text"])  # a tensor is text alone: the call text-to-image makes
     assert network.seen[0] is x and network.seen[3] == {}
+
+
+def test_a_guidance_distilled_network_gets_w_beside_the_image_and_its_label(inputs):
+    network, x, t, w = Recorder(), inputs["x"], torch.tensor([10, 20]), torch.tensor([2.0, 7.5])
+    call_network(network, x, t, Conditioning(inputs["text"], inputs["image"]), guidance=w)
+    seen_x, _, _, kwargs = network.seen
+    assert torch.equal(seen_x, torch.cat([x, inputs["image"].concat], dim=1))
+    assert kwargs.keys() == {"class_labels", "guidance"} and kwargs["guidance"] is w
+    call_network(network, x, t, inputs["text"], guidance=w)
+    assert network.seen[0] is x and network.seen[3] == {"guidance": w}
+    # Through the denoiser wrapper: EDM's D = c_skip x + c_out F(cat(c_in x, image), t, text, label, w).
+    denoiser = DiscreteDenoiser(concat_unet(guidance_embed_dim=16), alphas_cumprod(), "v")
+    unet, sigma = denoiser.diffusion_model, torch.tensor([2.5, 0.3])
+    cond = Conditioning(inputs["text"], inputs["image"])
+    c_skip, c_out, c_in = (c[:, None, None, None] for c in preconditioning(sigma, "v"))
+    with torch.no_grad():
+        torch.nn.init.normal_(unet.guidance_embed[2].weight, std=0.1)  # w changes the output
+        got = denoiser(x, sigma, cond, guidance=w)
+        by_hand = c_skip * x + c_out * unet(
+            torch.cat([c_in * x, inputs["image"].concat], dim=1), denoiser.sigma_to_t(sigma), inputs["text"],
+            class_labels=inputs["image"].class_labels, guidance=w,
+        )  # fmt: skip
+        other_w = denoiser(x, sigma, cond, guidance=w.flip(0))
+    assert_float32_close(got, by_hand)
+    assert (other_w - got).abs().mean() > 1e-3 * got.abs().mean()
 
 
 def test_a_concat_of_another_size_is_refused(inputs):

@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 from ldm.conditioning.text import (
     OpenCLIPTextEncoder,
     PretrainedWeightsNotFound,
+    cached_pretrained_file,
     check_pretrained_available,
     without_pretrained,
 )
@@ -114,6 +115,24 @@ def test_uncached_weights_offline_give_one_clear_line(tmp_path, monkeypatch):
         ValueError, match="unknown pretrained tag 'laion9b' for open_clip 'ViT-B-32'; available: "
     ):
         check_pretrained_available(dataclasses.replace(cfg, pretrained="laion9b"))
+
+
+def test_cached_pretrained_file_is_found_in_the_local_cache_only(tmp_path, monkeypatch):
+    import open_clip
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    assert cached_pretrained_file("ViT-B-32", "laion2b_s34b_b79k") is None
+    # The cache's layout: models--ORG--NAME/refs/main names the snapshot that holds the files.
+    repo = open_clip.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")["hf_hub"].rstrip("/")
+    folder = tmp_path / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0123abcd")
+    (folder / "snapshots" / "0123abcd").mkdir(parents=True)
+    weights = folder / "snapshots" / "0123abcd" / "open_clip_model.safetensors"
+    weights.write_bytes(b"")
+    assert cached_pretrained_file("ViT-B-32", "laion2b_s34b_b79k") == str(weights)
+    assert cached_pretrained_file("ViT-B-32", "openai") is None  # another repository
 
 
 def test_without_pretrained_keeps_the_network():

@@ -202,7 +202,8 @@ def test_build_datamodule_generates_the_shapes_set(tmp_path):
 
 
 def test_build_datamodule_rejects_unknown_data_sets():
-    with pytest.raises(ValueError, match=r"^unknown data set 'laion'; available: shapes, webdataset$"):
+    expected = r"^unknown data set 'laion'; available: shapes, shapes_compose, webdataset$"
+    with pytest.raises(ValueError, match=expected):
         build_datamodule(DataConfig(name="laion"))
 
 

@@ -133,7 +133,7 @@ def test_stage_2_takes_stage_1s_latent_statistics(debug_run, tmp_path, normaliza
     [
         (["autoencoder.chanels=3"], "Could not override 'autoencoder.chanels'"),
         (["denoiser=unet_xatn"], "Could not find 'denoiser/unet_xatn'"),
-        (["stage=everything"], "stage must be one of all, autoencoder, diffusion (got 'everything')"),
+        (["stage=everything"], "stage must be one of all, autoencoder, diffusion, distill (got 'everything')"),
         (["stage=diffusion"], "needs a trained autoencoder"),
         (["autoencoder.ckpt_path=/no/such.ckpt"], "checkpoint not found: /no/such.ckpt"),
         (["sampler.name=ddmi"], "sampler.name must be one of ddpm, ddim"),

@@ -87,3 +87,19 @@ def test_command_line_prints_one_line_and_trains_nothing(tmp_path):
     assert len(errors) == 1 and "diffusion.max_steps must be >= 1 (got -5)" in errors[0]
     assert "Traceback" not in output
     assert not (tmp_path / "autoencoder").exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.compose.held_out=['purple square']", "config: data.compose.held_out: 'purple square' is not"),
+        ("data.compose.task_mix.relation=-1", "config: data.compose.task_mix must be non-negative"),
+        ("data.compose.size_words=2", "config: data.compose.size_words must be in [0, 1] (got 2.0)"),
+    ],
+)
+def test_compose_settings_are_checked_at_start_up(override, message):
+    config = compose_config(["experiment=compose", override])
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    check_config(compose_config(["experiment=compose"]))
