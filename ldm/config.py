@@ -86,6 +86,10 @@ class AutoencoderConfig:
     """torch-fidelity's Inception weights file for validation rFID (null: rFID is skipped)."""
     learning_rate: float = 4.5e-6
     """Adam learning rate for stage 1."""
+    lr_schedule: str = "constant"
+    """Stage 1's learning rate: constant (LDM), or a cosine decay to zero at max_steps (the autoencoder's
+    optimizer; the discriminator's stays constant): Adam at a constant rate leaves its reconstructions
+    noisy, which the low rates at the end smooth out."""
     max_steps: int = 50_000
     """Optimizer steps of stage 1."""
     batch_size: Optional[int] = None
@@ -99,7 +103,7 @@ class UNetConfig:
     """The latent U-Net with cross-attention (SD 2.x layout)."""
 
     in_channels: int = 4
-    """Latent channels in."""
+    """Channels in: the latent's plus concat_channels (SD x4 upscaler: 4 + 3 = 7, SD inpainting: 4 + 5)."""
     out_channels: int = 4
     """Latent channels out."""
     model_channels: int = 320
@@ -126,6 +130,16 @@ class UNetConfig:
     """Gradient checkpointing of residual and transformer blocks."""
     attention_backend: str = "sdpa"
     """Attention implementation: sdpa, xformers or math."""
+    concat_channels: int = 0
+    """Of in_channels, how many are image conditioning concatenated to the latent (LDM's concat
+    conditioning; see image_conditioning): 3 low-resolution RGB (SD x4), 1 mask + 4 masked-image latent
+    channels (SD inpainting); 0 for text-to-image."""
+    num_classes: Optional[int] = None
+    """Size of a class-label embedding added to the timestep embedding (SD x4 upscaler: 1000, for the
+    noise level of its low-resolution input); null: none."""
+    disable_self_attentions: Optional[list[bool]] = None
+    """Per level: the transformers' first attention attends to the context instead of the feature map
+    (SD x4 upscaler: [true, true, true, false]); null: self-attention at every level."""
     guidance_embed_dim: int = 0
     """Sinusoidal features of the guidance scale w fed to an MLP added to the time embedding (a
     guidance-distilled student, Meng et al. 2023; stage=distill sets it, 0 there: model_channels); 0: none."""
@@ -212,6 +226,37 @@ class DiffusionConfig:
     """Optimizer steps of stage 2."""
     batch_size: Optional[int] = None
     """Per-device batch size of stage 2 (null: data.batch_size)."""
+
+
+IMAGE_CONDITIONING_TASKS = ("none", "super_resolution", "inpainting")
+"""What ``image_conditioning.task`` may name."""
+
+
+@dataclass
+class ImageConditioningConfig:
+    """The image a model is conditioned on besides the text, concatenated to the U-Net's input.
+
+    none: text-to-image. super_resolution (SD x4 upscaler; Saharia et al. 2022, SR3): the image
+    downsampled by ``upscale``, noise-augmented at a random level that the U-Net is told (Ho et al.
+    2022, cascaded diffusion's conditioning augmentation), as 3 channels at the latent's size.
+    inpainting (SD inpainting): a mask (1 = redraw) and the latent of the image with the masked
+    pixels set to 0, 1 + latent channels; trained on random masks.
+    """
+
+    task: str = "none"
+    """none, super_resolution or inpainting."""
+    upscale: int = 4
+    """super_resolution: output side / input side; must equal the autoencoder's factor (SD x4: 4)."""
+    max_noise_level: int = 350
+    """super_resolution: training noise levels of the low-resolution input lie in [0, max) (SD x4: 350)."""
+    noise_level: int = 20
+    """super_resolution: the noise level sampling adds to the low-resolution input (SD x4's default: 20)."""
+    mask_full: float = 0.25
+    """inpainting: share of training masks covering the whole image (text-to-image; SD inpainting: 25%)."""
+    mask_empty: float = 0.1
+    """inpainting: share of training masks that cover nothing (the image is to be kept as it is)."""
+    mask_strokes: float = 0.5
+    """inpainting: of the other masks, the share drawn as thick strokes (LaMa's); the rest: rectangles."""
 
 
 @dataclass
@@ -470,6 +515,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    image_conditioning: ImageConditioningConfig = field(default_factory=ImageConditioningConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ldm.acceleration import compile_frozen
+from ldm.conditioning.concat import Conditioning, ImageConditioning
 from ldm.config import SamplerConfig
 from ldm.diffusion.channel_normalization import denormalize, normalize
 from ldm.samplers import get_sampler
@@ -93,16 +94,18 @@ class Text2Image:
     def from_checkpoint(
         cls, path: str | Path, device: str | torch.device | None = None, compile: bool = False
     ) -> Text2Image:
-        """From a stage-2 checkpoint, on `device` (default: CUDA when available, else CPU)."""
-        from ldm.weights.checkpoint import load_latent_diffusion
-
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        module = load_latent_diffusion(path).to(device)
-        return cls.from_module(module, compile=compile)
+        """From a text-to-image stage-2 checkpoint, on `device` (default: CUDA when available, else CPU)."""
+        return cls.from_module(load_module(path, device, task="none"), compile=compile)
 
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
+
+    @property
+    def size_multiple(self) -> int:
+        """What image sides must be multiples of: the autoencoder factor x the U-Net's downsampling factor."""
+        unet = getattr(self.denoiser, "diffusion_model", None)
+        return self.autoencoder.downsample_factor * getattr(unet, "downsampling_factor", 1)
 
     @property
     def latent_channels(self) -> int:
@@ -120,6 +123,12 @@ class Text2Image:
         f = self.autoencoder.downsample_factor
         if height % f or width % f:
             raise ValueError(f"image size {height}x{width} is not divisible by the autoencoder factor {f}")
+        multiple = self.size_multiple
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by {multiple} (the autoencoder factor {f} "
+                f"x the U-Net's downsampling factor {multiple // f})"
+            )
         if sampler.steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {sampler.steps}")
         get_sampler(sampler.name)
@@ -150,15 +159,21 @@ class Text2Image:
         height, width = self.check_request(sampler, height, width, negative_prompt)
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        f = self.autoencoder.downsample_factor
         sigmas = self.sigmas(sampler)
         generators = per_sample_generators(seeds)
-        shape = (self.latent_channels, height // f, width // f)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
-        # The chain starts from z_T ~ N(0, I), i.e. x = z_T * sqrt(1 + sigma_max^2) in sigma form.
-        x = noise * (sigmas[0] ** 2 + 1).sqrt()
+        x = self.initial_noise(generators, height, width, sigmas[0])
         latents = self.denoise(x, sigmas, prompts, generators, sampler, negative_prompt, callback)
         return self.decode(latents)
+
+    def initial_noise(
+        self, generators: Sequence[torch.Generator], height: int, width: int, sigma_max: torch.Tensor
+    ) -> torch.Tensor:
+        """Where the chain starts for images of height x width: z_T ~ N(0, I), drawn first from each
+        image's generator, i.e. x = z_T * sqrt(1 + sigma_max^2) in sigma form."""
+        f = self.autoencoder.downsample_factor
+        shape = (self.latent_channels, height // f, width // f)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        return noise * (sigma_max**2 + 1).sqrt()
 
     @torch.no_grad()
     def img2img(
@@ -207,9 +222,11 @@ class Text2Image:
         sampler: SamplerConfig,
         negative_prompt: str = "",
         callback: Optional[Callable[[dict], None]] = None,
+        image: Optional[ImageConditioning] = None,
     ) -> torch.Tensor:
         """Latents x at sigmas[0] -> latents at sigmas[-1], with classifier-free guidance (or, for a
-        guidance-distilled student, the scale as the network's input)."""
+        guidance-distilled student, the scale as the network's input); an image-conditioned model's
+        `image` conditions both guidance branches."""
         sample_fn = get_sampler(sampler.name)
         context = self.text_encoder(list(prompts))
         if self.distilled is not None and self.distilled.guided:
@@ -218,6 +235,8 @@ class Text2Image:
         else:
             guided = CFGDenoiser(self._denoise, sampler.guidance_scale, sampler.guidance_rescale)
             uncond = self.text_encoder([negative_prompt] * len(prompts))
+        if image is not None:
+            context = Conditioning(context, image)
         options = {} if sampler.eta is None else {"eta": sampler.eta}
         accepted = inspect.signature(sample_fn).parameters
         options = {k: v for k, v in options.items() if k in accepted}  # eta only where it applies
@@ -250,3 +269,12 @@ class Text2Image:
             z = denormalize(z, *self.channel_statistics)
         images = self._decode(z)
         return ((images.float().clamp(-1, 1) + 1) / 2).cpu()
+
+
+def load_module(path: str | Path, device: str | torch.device | None, task: str) -> nn.Module:
+    """The ``LatentDiffusion`` of a stage-2 checkpoint of the kind `task` (image_conditioning.task), on
+    `device` (default: CUDA when available, else CPU); another kind is a one-line CheckpointError."""
+    from ldm.weights.checkpoint import load_latent_diffusion
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return load_latent_diffusion(path, task=task).to(device)

@@ -1,15 +1,22 @@
-"""``python -m ldm.sample txt2img|img2img``: images from a stage-2 checkpoint, with Stable Diffusion's flags.
+"""``python -m ldm.sample txt2img|img2img|upscale|inpaint``: images from a stage-2 checkpoint, SD's flags.
 
     python -m ldm.sample txt2img --ckpt outputs/<run>/checkpoints/last.ckpt --prompt "a red circle" \\
         --n_samples 8 --outdir out/
     python -m ldm.sample img2img --ckpt outputs/<run>/checkpoints/last.ckpt --init-img in.png \\
         --prompt "a blue square" --strength 0.75 --n_samples 4 --outdir out/
+    python -m ldm.sample upscale --ckpt <super-resolution run>/checkpoints/last.ckpt --init-img small.png \\
+        --prompt "a red circle" --noise-level 20 --outdir out/
+    python -m ldm.sample inpaint --ckpt <inpainting run>/checkpoints/last.ckpt --init-img in.png \\
+        --mask mask.png --prompt "a blue square" --outdir out/
 
 Writes every image to OUTDIR/samples/NNNNN.png, numbered on from what is there, and one grid per
 call to OUTDIR/grid-NNNN.png (rows: prompt x iteration, columns: samples). Image k of a call uses
 seed --seed + k. img2img encodes the image, noises it to the step that --strength picks (1: the
-whole schedule, from noise; 0: the image back) and denoises it with the sampler.
-(``scripts/txt2img.py`` and ``scripts/img2img.py`` run the same commands.)
+whole schedule, from noise; 0: the image back) and denoises it with the sampler. upscale (a
+super-resolution checkpoint) writes images --init-img's size times the model's factor, its input
+noised to --noise-level (default: the model's); inpaint (an inpainting checkpoint) redraws the
+part of --init-img where --mask (same size) is white. Each command refuses a checkpoint of another
+kind. (``scripts/txt2img.py``, ``img2img.py``, ``upscale.py`` and ``inpaint.py`` run these commands.)
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from ldm.cli import command_parser, run_command
+from ldm.inpainter import Inpainter
 from ldm.pipeline import Text2Image, img2img_steps
 from ldm.samplers.presets import sampler_preset
+from ldm.upscaler import Upscaler
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +106,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize the image to this height (default: its own, rounded down to the autoencoder factor)",
     )
     img.add_argument("--W", type=int, default=None, help="resize the image to this width (likewise)")
+    up = modes.add_parser(
+        "upscale",
+        help="a low-resolution image upscaled (super-resolution model)",
+        description="A low-resolution image upscaled by a super-resolution model, guided by a prompt.",
+    )
+    up.add_argument("--init-img", type=str, required=True, help="the low-resolution image (png, jpg, ...)")
+    up.add_argument(
+        "--noise-level",
+        type=int,
+        default=None,
+        help="noise level added to the input, 0-999: more lets the model redraw more (default: the model's)",
+    )
+    steps_help = "sampling steps (default: the sampler's)"
+    add_sampling_args(up, outdir="outputs/upscale-samples", steps_help=steps_help)
+    paint = modes.add_parser(
+        "inpaint",
+        help="the masked part of an image redrawn (inpainting model)",
+        description="The part of an image where the mask is white redrawn by an inpainting model.",
+    )
+    paint.add_argument("--init-img", type=str, required=True, help="the image (png, jpg, ...)")
+    paint.add_argument(
+        "--mask", type=str, required=True, help="a mask as large as the image: white = redraw, black = keep"
+    )
+    add_sampling_args(paint, outdir="outputs/inpaint-samples", steps_help=steps_help)
     return p
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse counts, sizes, scales and strengths that cannot be sampled, naming the flag."""
     for name in ("n_samples", "n_iter", "steps", "H", "W"):
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
     if args.scale is not None and not args.scale >= 0:
@@ -111,6 +144,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     strength = getattr(args, "strength", None)
     if strength is not None and not 0.0 <= strength <= 1.0:
         raise ValueError(f"--strength must be in [0, 1], got {strength}")
+    noise_level = getattr(args, "noise_level", None)
+    if noise_level is not None and not 0 <= noise_level <= 999:
+        raise ValueError(f"--noise-level must be in [0, 999], got {noise_level}")
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -167,23 +203,33 @@ def write_samples(
     return written
 
 
+def open_image(path: str | Path, mode: str = "RGB", what: str = "init image") -> Image.Image:
+    """The image file at `path` in PIL `mode`; a missing or unreadable file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return Image.open(path).convert(mode)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file") from None
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as [1, C, H, W] in [0, 1]."""
+    return pil_to_tensor(image).float().div(255).unsqueeze(0)
+
+
 def load_image(path: str | Path, factor: int, height: int | None, width: int | None) -> torch.Tensor:
     """The image at `path` as [1, 3, H, W] in [0, 1], resized to (height, width) or to multiples of
     `factor`; an unreadable image is a ValueError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"init image not found: {path}")
-    try:
-        image = Image.open(path).convert("RGB")
-    except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image file") from None
+    image = open_image(path)
     w, h = image.size
     size = (width or w - w % factor, height or h - h % factor)
     if min(size) < factor:
         raise ValueError(f"image {path} ({w}x{h}) is smaller than the autoencoder factor {factor}")
     if size != image.size:
         image = image.resize(size, Image.Resampling.LANCZOS)
-    return pil_to_tensor(image).float().div(255).unsqueeze(0)
+    return to_tensor(image)
 
 
 def txt2img(args: argparse.Namespace) -> list[Path]:
@@ -232,10 +278,69 @@ def img2img(args: argparse.Namespace) -> list[Path]:
     return write_samples(args, prompts, steps, f"{sampler.name} x{steps}", generate)
 
 
+def upscale(args: argparse.Namespace) -> list[Path]:
+    """Upscale the init image of `args` (upscale's flags) for each prompt; returns the images written."""
+    check_arguments(args)
+    prompts = read_prompts(args)
+    upscaler = Upscaler.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
+    sampler = sampler_preset(upscaler.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    low_res = to_tensor(open_image(args.init_img))
+    upscaler.check_request(sampler, *low_res.shape[-2:], args.negative_prompt)
+
+    def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
+        return upscaler(
+            low_res.expand(len(seeds), -1, -1, -1),
+            [prompt] * len(seeds),
+            seeds,
+            noise_level=args.noise_level,
+            sampler=sampler,
+            negative_prompt=args.negative_prompt,
+            callback=callback,
+        )
+
+    return write_samples(args, prompts, sampler.steps, f"{sampler.name} x{sampler.steps}", generate)
+
+
+def inpaint(args: argparse.Namespace) -> list[Path]:
+    """Redraw the masked part of the init image of `args` (inpaint's flags) toward each prompt; returns
+    the images written."""
+    check_arguments(args)
+    prompts = read_prompts(args)
+    image, mask = open_image(args.init_img), open_image(args.mask, "L", "mask")
+    if mask.size != image.size:
+        raise ValueError(
+            f"the mask {args.mask} is {mask.size[0]}x{mask.size[1]} pixels but the image {args.init_img} "
+            f"{image.size[0]}x{image.size[1]}: they must be the same size"
+        )
+    inpainter = Inpainter.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
+    sampler = sampler_preset(inpainter.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    init, masks = to_tensor(image), to_tensor(mask)
+    inpainter.pipe.check_request(sampler, *init.shape[-2:], args.negative_prompt)
+
+    def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
+        n = len(seeds)
+        return inpainter(
+            init.expand(n, -1, -1, -1),
+            masks.expand(n, -1, -1, -1),
+            [prompt] * n,
+            seeds,
+            sampler=sampler,
+            negative_prompt=args.negative_prompt,
+            callback=callback,
+        )
+
+    return write_samples(args, prompts, sampler.steps, f"{sampler.name} x{sampler.steps}", generate)
+
+
+MODES = {"txt2img": txt2img, "img2img": img2img, "upscale": upscale, "inpaint": inpaint}
+"""Each subcommand's function."""
+
+
 def run(argv: list[str] | None = None) -> list[Path]:
-    """Parse ``txt2img|img2img FLAGS`` and sample; returns the images written (raises on bad input)."""
+    """Parse ``txt2img|img2img|upscale|inpaint FLAGS`` and sample; returns the images written (raises on
+    bad input)."""
     args = build_parser().parse_args(argv)
-    return txt2img(args) if args.mode == "txt2img" else img2img(args)
+    return MODES[args.mode](args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,6 +111,35 @@ def save_tiny_latent_diffusion(path: Path, seed: int) -> Path:
     return path
 
 
+def save_tiny_image_conditioned(path: Path, task: str, seed: int, distillation: Any = None) -> Path:
+    """A randomly initialised tiny super-resolution (x2: 16 -> 32 px, the autoencoder's factor) or
+    inpainting (32 px) LatentDiffusion saved as a stage-2 checkpoint; its U-Net has two levels. With
+    `distillation` (a DistilledSampling), a distilled student of it (w an input when guidance was)."""
+    import dataclasses
+
+    from ldm.config import ImageConditioningConfig
+    from ldm.diffusion.latent_diffusion import LatentDiffusion
+
+    configs = tiny_module_configs()
+    extra = {"super_resolution": dict(in_channels=7, concat_channels=3, num_classes=1000),
+             "inpainting": dict(in_channels=9, concat_channels=5)}[task]  # fmt: skip
+    if distillation is not None:
+        extra["guidance_embed_dim"] = 16 if distillation.guided else 0
+        configs["diffusion"] = DiffusionConfig(parameterization=distillation.parameterization)
+        configs["sampler"] = distillation.sampler(configs["sampler"])
+    configs["denoiser"] = dataclasses.replace(configs["denoiser"], channel_mult=[1, 2], **extra)
+    upscale = 2 if task == "super_resolution" else 4
+    torch.manual_seed(seed)
+    image_conditioning = ImageConditioningConfig(task=task, upscale=upscale)
+    module = LatentDiffusion(**configs, image_conditioning=image_conditioning, distillation=distillation)
+    with torch.no_grad():  # every weight random, so that the image conditioning changes the samples
+        for p in module.model.diffusion_model.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    state = {"ldm_stage": "diffusion", "state_dict": module.state_dict()}
+    torch.save({**state, "hyper_parameters": module.checkpoint_hparams}, path)
+    return path
+
+
 def pooled_std(means: list[float], stds: list[float], n: int) -> float:
     """The (unbiased) std of all len(means) x n values, from each group's mean and unbiased std over n values.
 

@@ -7,12 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from ldm.inpainter import Inpainter
 from ldm.pipeline import Text2Image
 from ldm.sample import main, run
 from ldm.samplers.presets import sampler_preset
+from ldm.upscaler import Upscaler
 from tests.conftest import (
     run_cli,
     save_tiny_autoencoder,
+    save_tiny_image_conditioned,
     save_tiny_latent_diffusion,
     tiny_module_configs,
 )
@@ -232,3 +235,86 @@ def test_compile_flag_reaches_the_pipeline(ckpt, tmp_path, init_img, monkeypatch
     run(args)
     run([*args, "--compile"])
     assert asked == [False, True]
+
+
+# --- upscale and inpaint: image-conditioned checkpoints ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sr_ckpt(tmp_path_factory):
+    """A tiny x2 super-resolution checkpoint with random weights (16 -> 32 px)."""
+    path = tmp_path_factory.mktemp("sr") / "last.ckpt"
+    return save_tiny_image_conditioned(path, "super_resolution", seed=0)
+
+
+@pytest.fixture(scope="module")
+def inpaint_ckpt(tmp_path_factory):
+    """A tiny inpainting checkpoint with random weights (32 px)."""
+    return save_tiny_image_conditioned(tmp_path_factory.mktemp("inpaint") / "last.ckpt", "inpainting", seed=0)
+
+
+def write_png(path, size, box, colour=(255, 255, 255)):
+    image = Image.new("RGB" if len(colour) == 3 else "L", size, (0, 0, 0) if len(colour) == 3 else 0)
+    image.paste(colour if len(colour) == 3 else colour[0], box)
+    image.save(path)
+    return path
+
+
+def test_upscale_writes_what_the_upscaler_samples(sr_ckpt, tmp_path):
+    small = write_png(tmp_path / "small.png", (16, 16), (4, 4, 12, 12), (255, 0, 0))
+    args = ["upscale", "--ckpt", str(sr_ckpt), "--init-img", str(small), "--prompt", "a red square"]
+    args += ["--noise-level", "5", "--n_samples", "2", "--steps", "3", "--seed", "7", "--device", "cpu"]
+    written = run([*args, "--outdir", str(tmp_path / "out")])
+    assert [p.name for p in written] == ["00000.png", "00001.png"]
+    upscaler = Upscaler.from_checkpoint(sr_ckpt, device="cpu")
+    low_res = torch.from_numpy(np.asarray(Image.open(small))).permute(2, 0, 1)[None].float() / 255
+    expected = upscaler(
+        low_res.expand(2, -1, -1, -1),
+        ["a red square"] * 2,
+        [7, 8],
+        noise_level=5,
+        sampler=sampler_preset(upscaler.sampler, steps=3),
+    )
+    assert read_pngs(written).shape == (2, 32, 32, 3) and np.array_equal(read_pngs(written), as_png(expected))
+
+
+def test_inpaint_writes_what_the_inpainter_samples(inpaint_ckpt, tmp_path):
+    image = write_png(tmp_path / "in.png", (32, 32), (4, 4, 20, 20), (0, 0, 255))
+    mask = write_png(tmp_path / "mask.png", (32, 32), (8, 8, 24, 24), (255,))
+    args = ["inpaint", "--ckpt", str(inpaint_ckpt), "--init-img", str(image), "--mask", str(mask)]
+    args += ["--prompt", "a red circle", "--n_samples", "2", "--steps", "3", "--seed", "3", "--device", "cpu"]
+    written = run([*args, "--outdir", str(tmp_path / "out")])
+    inpainter = Inpainter.from_checkpoint(inpaint_ckpt, device="cpu")
+    to_tensor = lambda path: torch.from_numpy(np.asarray(Image.open(path))).float().div(255)  # noqa: E731
+    images, masks = to_tensor(image).permute(2, 0, 1)[None], to_tensor(mask)[None, None]
+    expected = inpainter(
+        images.expand(2, -1, -1, -1),
+        masks.expand(2, -1, -1, -1),
+        ["a red circle"] * 2,
+        [3, 4],
+        sampler=sampler_preset(inpainter.sampler, steps=3),
+    )
+    assert np.array_equal(read_pngs(written), as_png(expected))
+
+
+def test_image_conditioned_input_errors(sr_ckpt, inpaint_ckpt, ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LDM_FULL_ERROR", raising=False)
+    image = write_png(tmp_path / "in.png", (32, 32), (4, 4, 20, 20))
+    small_mask = write_png(tmp_path / "mask.png", (16, 16), (4, 4, 8, 8), (255,))
+    odd = write_png(tmp_path / "odd.png", (33, 33), (4, 4, 20, 20))
+    odd_mask = write_png(tmp_path / "odd_mask.png", (33, 33), (4, 4, 20, 20), (255,))
+    out = ["--prompt", "a red circle", "--outdir", str(tmp_path / "out")]
+    inpaint = ["inpaint", "--ckpt", str(inpaint_ckpt), *out]
+    line = one_error_line(capsys, [*inpaint, "--init-img", str(image), "--mask", str(small_mask)])
+    assert f"the mask {small_mask} is 16x16 pixels but the image {image} 32x32: they must be the same" in line
+    line = one_error_line(capsys, [*inpaint, "--init-img", str(odd), "--mask", str(odd_mask)])
+    assert "image size 33x33 is not divisible by the autoencoder factor 2" in line
+    upscale = ["upscale", "--ckpt", str(sr_ckpt), "--init-img", str(tmp_path / "in.png"), *out]
+    line = one_error_line(capsys, [*upscale, "--noise-level", "1000"])
+    assert "--noise-level must be in [0, 999], got 1000" in line
+    line = one_error_line(capsys, ["upscale", "--ckpt", str(ckpt), "--init-img", str(image), *out])
+    assert "is a text-to-image checkpoint (image_conditioning.task=none), but this needs a super-res" in line
+    line = one_error_line(capsys, ["txt2img", "--ckpt", str(sr_ckpt), *out])
+    assert "is a super-resolution checkpoint" in line and "sample it with scripts/upscale.py" in line
+    wrong_kind = ["inpaint", "--ckpt", str(sr_ckpt), "--init-img", str(image), "--mask", str(image), *out]
+    assert "needs an inpainting one" in one_error_line(capsys, wrong_kind)

@@ -158,7 +158,11 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm self-attention, cross-attention to the context, and a GEGLU MLP, each residual."""
+    """Pre-norm self-attention, cross-attention to the context, and a GEGLU MLP, each residual.
+
+    With `disable_self_attn` (SD's, diffusers' ``only_cross_attention``) the first attention attends
+    to the context too, as in the SD x4 upscaler's high-resolution levels.
+    """
 
     def __init__(
         self,
@@ -169,10 +173,13 @@ class BasicTransformerBlock(nn.Module):
         dropout: float = 0.0,
         use_checkpoint: bool = False,
         backend: str = "sdpa",
+        disable_self_attn: bool = False,
     ) -> None:
         super().__init__()
         self.use_checkpoint = use_checkpoint
-        self.attn1 = CrossAttention(dim, None, heads, dim_head, dropout, backend)  # self-attention
+        self.disable_self_attn = disable_self_attn
+        first_context_dim = context_dim if disable_self_attn else None  # None: self-attention
+        self.attn1 = CrossAttention(dim, first_context_dim, heads, dim_head, dropout, backend)
         self.ff = FeedForward(dim, dropout=dropout)
         self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout, backend)
         self.norm1 = nn.LayerNorm(dim)
@@ -186,7 +193,7 @@ class BasicTransformerBlock(nn.Module):
         return self._forward(x, context)
 
     def _forward(self, x: Tensor, context: Tensor) -> Tensor:
-        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn1(self.norm1(x), context if self.disable_self_attn else None)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -209,6 +216,7 @@ class SpatialTransformer(nn.Module):
         use_linear: bool = True,
         use_checkpoint: bool = False,
         backend: str = "sdpa",
+        disable_self_attn: bool = False,
     ) -> None:
         super().__init__()
         if in_channels % 32 != 0:
@@ -223,7 +231,9 @@ class SpatialTransformer(nn.Module):
             self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
             self.proj_out = nn.Conv2d(inner_dim, in_channels, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner_dim, heads, dim_head, context_dim, dropout, use_checkpoint, backend)
+            BasicTransformerBlock(
+                inner_dim, heads, dim_head, context_dim, dropout, use_checkpoint, backend, disable_self_attn
+            )
             for _ in range(depth)
         )
         nn.init.zeros_(self.proj_out.weight)

@@ -3,6 +3,9 @@
 An encoder of residual blocks (with spatial transformers at chosen downsampling factors) and
 stride-2 convs, a middle block, and a decoder that concatenates the matching encoder activation
 before each residual block. The state dict matches SD's ``model.diffusion_model.*`` keys exactly.
+Image-conditioned models (SD x4 upscaler, SD inpainting) take wider inputs (the image conditioning
+concatenated to the latent, ``ldm.conditioning.concat``); the upscaler also embeds a class label,
+the noise level of its input, into the timestep embedding (``label_emb``, SD's ``num_classes``).
 
 A guidance-distilled student (Meng et al. 2023) also takes the classifier-free guidance scale w:
 with ``guidance_embed_dim`` > 0, sinusoidal features of w pass through a small MLP
@@ -59,11 +62,25 @@ class UNetModel(nn.Module):
         dropout: float = 0.0,
         use_checkpoint: bool = False,
         attention_backend: str = "sdpa",
+        concat_channels: int = 0,
+        num_classes: Optional[int] = None,
+        disable_self_attentions: Optional[Sequence[bool]] = None,
         guidance_embed_dim: int = 0,
     ) -> None:
         super().__init__()
         channel_mult = list(channel_mult)
         attention_resolutions = list(attention_resolutions)
+        no_self_attention = list(disable_self_attentions or [False] * len(channel_mult))
+        if len(no_self_attention) != len(channel_mult):
+            raise ValueError(
+                f"disable_self_attentions has {len(no_self_attention)} entries for {len(channel_mult)} levels"
+            )
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be positive or null, got {num_classes}")
+        if not 0 <= concat_channels < in_channels:
+            raise ValueError(
+                f"concat_channels must be in [0, in_channels={in_channels}), got {concat_channels}"
+            )
         self._check_arguments(
             model_channels,
             channel_mult,
@@ -77,16 +94,18 @@ class UNetModel(nn.Module):
         if guidance_embed_dim < 0:
             raise ValueError(f"guidance_embed_dim must be >= 0 (0: no guidance), got {guidance_embed_dim}")
         self.in_channels = in_channels
+        self.concat_channels = concat_channels  # of in_channels: image conditioning after the latent's
         self.out_channels = out_channels
         self.model_channels = model_channels
         self.context_dim = context_dim
+        self.num_classes = num_classes
         self.downsampling_factor = 2 ** (len(channel_mult) - 1)
         time_embed_dim = 4 * model_channels
 
         def resblock(channels: int, out: int) -> ResBlock:
             return ResBlock(channels, time_embed_dim, out, dropout, use_checkpoint)
 
-        def transformer(channels: int) -> SpatialTransformer:
+        def transformer(channels: int, level: Optional[int] = None) -> SpatialTransformer:
             if num_heads == -1:  # SD 2: fixed head width
                 heads, dim_head = channels // num_head_channels, num_head_channels
             else:  # SD 1: fixed head count
@@ -100,11 +119,14 @@ class UNetModel(nn.Module):
                 use_linear=use_linear_in_transformer,
                 use_checkpoint=use_checkpoint,
                 backend=attention_backend,
+                disable_self_attn=level is not None and no_self_attention[level],  # the middle: never
             )
 
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
         )
+        if num_classes is not None:
+            self.label_emb = nn.Embedding(num_classes, time_embed_dim)
         self.guidance_embed_dim = guidance_embed_dim
         self.guidance_embed: Optional[nn.Sequential] = None
         if guidance_embed_dim > 0:  # w's features -> an MLP -> added to the time embedding (Meng et al. 2023)
@@ -128,7 +150,7 @@ class UNetModel(nn.Module):
                 layers: list[nn.Module] = [resblock(ch, mult * model_channels)]
                 ch = mult * model_channels
                 if factor in attention_resolutions:
-                    layers.append(transformer(ch))
+                    layers.append(transformer(ch, level))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
@@ -146,7 +168,7 @@ class UNetModel(nn.Module):
                 layers = [resblock(ch + skip_channels.pop(), mult * model_channels)]
                 ch = mult * model_channels
                 if factor in attention_resolutions:
-                    layers.append(transformer(ch))
+                    layers.append(transformer(ch, level))
                 if level != 0 and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     factor //= 2
@@ -219,18 +241,29 @@ class UNetModel(nn.Module):
             dropout=cfg.dropout,
             use_checkpoint=cfg.use_checkpoint,
             attention_backend=cfg.attention_backend,
+            concat_channels=cfg.concat_channels,
+            num_classes=cfg.num_classes,
+            disable_self_attentions=cfg.disable_self_attentions,
             guidance_embed_dim=cfg.guidance_embed_dim,
         )
 
     def forward(
-        self, x: Tensor, timesteps: Tensor, context: Tensor, guidance: Optional[Tensor] = None
+        self,
+        x: Tensor,
+        timesteps: Tensor,
+        context: Tensor,
+        guidance: Optional[Tensor] = None,
+        class_labels: Optional[Tensor] = None,
     ) -> Tensor:
         """x: (b, in_channels, h, w), timesteps: (b,) int or float, context: (b, tokens, context_dim),
-        guidance (only with guidance_embed_dim > 0): (b,) or a scalar -> (b, out_channels, h, w)."""
+        guidance (only with guidance_embed_dim > 0): (b,) or a scalar, class_labels: (b,) int, given
+        exactly when the network has num_classes -> (b, out_channels, h, w)."""
         self._check_inputs(x, timesteps, context, guidance)
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))  # (b, 4 mc)
+        if self.num_classes is not None or class_labels is not None:
+            emb = emb + self._label_embedding(class_labels, x.shape[0]).to(emb.dtype)  # SD: + label_emb(y)
         if self.guidance_embed is not None:
             w = guidance.expand(x.shape[0]) if guidance.ndim == 0 else guidance
             features = timestep_embedding(w * GUIDANCE_EMBED_SCALE, self.guidance_embed_dim).to(x.dtype)
@@ -244,6 +277,16 @@ class UNetModel(nn.Module):
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)  # channels: current + skip
         return self.out(h)
+
+    def _label_embedding(self, class_labels: Optional[Tensor], batch: int) -> Tensor:
+        if self.num_classes is None:
+            raise ValueError("class_labels were given, but this U-Net has no class embedding (num_classes)")
+        if class_labels is None:
+            raise ValueError(f"this U-Net embeds a class label (num_classes={self.num_classes}): none given")
+        if class_labels.shape != (batch,) or class_labels.is_floating_point():
+            got = f"{tuple(class_labels.shape)} {class_labels.dtype}"
+            raise ValueError(f"class_labels must be ({batch},) integers, got {got}")
+        return self.label_emb(class_labels)
 
     def _check_inputs(
         self, x: Tensor, timesteps: Tensor, context: Tensor, guidance: Optional[Tensor]

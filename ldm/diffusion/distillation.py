@@ -33,6 +33,7 @@ from typing import Optional
 
 import torch
 
+from ldm.conditioning.concat import Context, guidance_batch
 from ldm.diffusion.objective import sample_timesteps
 from ldm.diffusion.parametrization import check_parameterization, preconditioning
 from ldm.samplers.noise import Generators, randn_like
@@ -84,13 +85,15 @@ def guided_denoised(
     denoiser: Callable[..., torch.Tensor],
     x: torch.Tensor,
     sigma: torch.Tensor,
-    context: torch.Tensor,
-    uncond_context: torch.Tensor,
+    context: Context,
+    uncond_context: Context,
     scale: torch.Tensor,
 ) -> torch.Tensor:
     """Classifier-free guidance with a scale per sample: D_u + w (D_c - D_u), one batched call of
-    D(x, sigma, context); the target of guided distillation (Meng et al. 2023, stage 1)."""
-    out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond_context, context]))
+    D(x, sigma, context); the target of guided distillation (Meng et al. 2023, stage 1). An image
+    conditioning of `context` goes to both branches (``guidance_batch``)."""
+    both = guidance_batch(uncond_context, context)
+    out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
     uncond, cond = out.chunk(2)  # [2B, ...]: unconditional first
     return uncond + _per_sample(scale.to(out.dtype), out) * (cond - uncond)
 

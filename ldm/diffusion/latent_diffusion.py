@@ -6,8 +6,11 @@ unless ``conditioner.trainable``) embeds captions, and the U-Net, wrapped as a d
 (``DiscreteDenoiser``), predicts the noise (or v, or x0). With ``diffusion.ema`` an exponential
 moving average of the U-Net is kept beside it. Batches of cached latents carry the posterior's
 ``moments`` instead of images, and may carry each caption's text-encoder states as ``context``;
-then the encoders they stand for do not run. A distilled student also carries what it was distilled
-for (``distillation``: ``ldm.samplers.distilled.DistilledSampling``), which sampling obeys.
+then the encoders they stand for do not run. An image-conditioned model (``image_conditioning``:
+super-resolution or inpainting) also builds, from each batch's images, the image that is
+concatenated to the U-Net's input (``ldm.conditioning.image``). A distilled student also carries
+what it was distilled for (``distillation``: ``ldm.samplers.distilled.DistilledSampling``), which
+sampling obeys.
 
 Attribute names follow Stable Diffusion's checkpoints, so the state dict has SD's keys:
 ``first_stage_model.*``, ``cond_stage_model.model.*``, ``model.diffusion_model.*``,
@@ -27,9 +30,19 @@ from torch import nn
 
 from ldm.autoencoder.distributions import DiagonalGaussianDistribution
 from ldm.autoencoder.model import KLAutoencoder
+from ldm.conditioning.concat import Conditioning, Context, ImageConditioning
 from ldm.conditioning.dropout import drop_captions, drop_contexts, kept_captions
+from ldm.conditioning.image import build_image_conditioner
+from ldm.conditioning.inpainting import InpaintingConditioner
 from ldm.conditioning.text import OpenCLIPTextEncoder, without_pretrained
-from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
+from ldm.config import (
+    AutoencoderConfig,
+    ConditionerConfig,
+    DiffusionConfig,
+    ImageConditioningConfig,
+    SamplerConfig,
+    UNetConfig,
+)
 from ldm.denoiser.unet import UNetModel
 from ldm.diffusion.channel_normalization import MEAN_KEY, STD_KEY, normalize
 from ldm.diffusion.ema import ExponentialMovingAverage
@@ -53,14 +66,13 @@ class LatentDiffusion(nn.Module):
         diffusion: DiffusionConfig,
         sampler: SamplerConfig,
         image_size: int,
+        image_conditioning: Optional[ImageConditioningConfig] = None,
         distillation: Optional[DistilledSampling] = None,
     ):
         super().__init__()
-        if denoiser.in_channels != autoencoder.embed_dim or denoiser.out_channels != autoencoder.embed_dim:
-            raise ValueError(
-                f"denoiser in/out channels ({denoiser.in_channels}/{denoiser.out_channels}) must equal the "
-                f"autoencoder's latent channels (autoencoder.embed_dim={autoencoder.embed_dim})"
-            )
+        image_conditioning = image_conditioning or ImageConditioningConfig()
+        # Checks the U-Net's input channels against the autoencoder's latent and the task's image.
+        self.image_conditioner = build_image_conditioner(image_conditioning, denoiser, autoencoder)
         check_lr_schedule(diffusion.lr_schedule)
         # Plain dicts only, so that checkpoints load with torch.load(weights_only=True).
         self.checkpoint_hparams: dict[str, Any] = {
@@ -70,7 +82,9 @@ class LatentDiffusion(nn.Module):
             "diffusion": dataclasses.asdict(diffusion),
             "sampler": dataclasses.asdict(sampler),
             "image_size": image_size,
+            "image_conditioning": dataclasses.asdict(image_conditioning),
         }
+        self.image_conditioning = image_conditioning
         if distillation is not None:
             self.checkpoint_hparams["distillation"] = distillation.as_dict()
         self.distillation = distillation
@@ -124,6 +138,7 @@ class LatentDiffusion(nn.Module):
             diffusion=diffusion or DiffusionConfig(**hparams["diffusion"]),
             sampler=sampler or SamplerConfig(**hparams["sampler"]),
             image_size=hparams["image_size"],
+            image_conditioning=ImageConditioningConfig(**hparams.get("image_conditioning", {})),
             distillation=DistilledSampling.from_dict(distillation) if distillation is not None else None,
         )
 
@@ -195,11 +210,38 @@ class LatentDiffusion(nn.Module):
             return context
         return drop_contexts(context, keep, self.empty_context())
 
+    def image_conditioning_of(self, batch: dict[str, Any], generator: Generators = None) -> ImageConditioning:
+        """The image an image-conditioned model is trained on, from a batch's ``image``: the noise-augmented
+        low-resolution image (super-resolution) or a random mask and the masked image's latent
+        (inpainting; the latent is the posterior mean's, as when sampling)."""
+        if "image" not in batch:
+            raise ValueError(
+                f"image_conditioning.task={self.image_conditioning.task} builds its conditioning from "
+                "images: batches of cached latents cannot train it"
+            )
+        images = batch["image"]
+        if isinstance(self.image_conditioner, InpaintingConditioner):
+            return self.image_conditioner.for_training(images, self.encode_mean, generator)
+        return self.image_conditioner.for_training(images, generator)
+
+    @torch.no_grad()
+    def encode_mean(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the diffusion latents of their posterior means."""
+        return self.diffusion_latents(self.first_stage_model.encode(images).mode())
+
+    def conditioning_of(self, batch: dict[str, Any], *, drop: bool, generator: Generators = None) -> Context:
+        """What the U-Net is conditioned on for a batch: the text states (``context_of``; `drop`: caption
+        dropout), with the image of an image-conditioned model (never dropped)."""
+        context = self.context_of(batch, drop=drop, generator=generator)
+        if self.image_conditioner is None:
+            return context
+        return Conditioning(context, self.image_conditioning_of(batch, generator))
+
     def loss(self, batch: dict[str, Any], *, train: bool, generator: Generators = None) -> torch.Tensor:
         """The denoising loss of a batch: fresh posterior samples and caption dropout when `train`,
         posterior means and all captions otherwise. Random draws come from `generator`: None (the
         global one), one for the batch, or one per sample (which makes each sample's draws
         independent of the batch it is in: the same on 1 process with batch 2B as on 2 with B)."""
         z = self.latents_of(batch, sample=train, generator=generator)
-        context = self.context_of(batch, drop=train, generator=generator)
+        context = self.conditioning_of(batch, drop=train, generator=generator)
         return self.objective(self.model.diffusion_model, z, context, generator=generator)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.conditioning.concat import Context, call_network
 from ldm.diffusion.parametrization import check_parameterization
 from ldm.diffusion.schedules import snr_from_alphas_cumprod
 from ldm.diffusion.weighting import check_loss_weighting, loss_weights
@@ -115,16 +116,17 @@ class DiffusionObjective(nn.Module):
         self,
         network: nn.Module,
         z0: torch.Tensor,
-        context: torch.Tensor,
+        context: Context,
         generator: Generators = None,
     ) -> torch.Tensor:
         """Mean (weighted) squared error of network(z_t, t, context) against the target, t ~ U{0..T-1};
-        `generator`: None (the global one), one for the batch, or one per sample."""
+        `context`: text tokens, or a Conditioning whose image is concatenated to z_t; `generator`:
+        None (the global one), one for the batch, or one per sample."""
         t = sample_timesteps(z0.shape[0], self.num_timesteps, z0.device, generator)
         noise = sample_noise(z0, self.offset_noise, generator)
         a_t = self.alphas_cumprod[t]
         z_t = q_sample(z0, a_t, noise)
-        prediction = network(z_t, t, context).float()
+        prediction = call_network(network, z_t, t, context).float()
         target = training_target(z0, noise, a_t, self.parameterization).float()
         if self.loss_weighting == "uniform":
             return F.mse_loss(prediction, target)

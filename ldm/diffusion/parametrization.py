@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ldm.conditioning.concat import Context, call_network
 from ldm.diffusion.schedules import sigmas_from_alphas_cumprod
 
 PARAMETERIZATIONS = ("eps", "v", "x0")
@@ -109,12 +110,13 @@ class DiscreteDenoiser(nn.Module):
         self,
         x: torch.Tensor,
         sigma: torch.Tensor,
-        context: torch.Tensor,
+        context: Context,
         guidance: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Denoised estimate of x0 from x = x0 + sigma * noise; sigma has shape [B]. `guidance`, the
-        scale w per sample, goes to a network that takes it (a guidance-distilled U-Net)."""
+        """Denoised estimate of x0 from x = x0 + sigma * noise; sigma has shape [B]; `context`: the text
+        tokens, or a Conditioning whose image is concatenated to c_in * x (ldm.conditioning.concat);
+        `guidance`, the scale w per sample, goes to a network that takes it (a guidance-distilled U-Net)."""
         c_skip, c_out, c_in = (c[:, None, None, None] for c in preconditioning(sigma, self.parameterization))
-        extra = {} if guidance is None else {"guidance": guidance}
-        model_output = self.diffusion_model(x * c_in, self.sigma_to_t(sigma), context, **extra)
+        t = self.sigma_to_t(sigma)
+        model_output = call_network(self.diffusion_model, x * c_in, t, context, guidance=guidance)
         return c_skip * x + c_out * model_output

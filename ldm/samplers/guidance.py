@@ -1,10 +1,11 @@
 """Classifier-free guidance (Ho & Salimans 2022): D = D_u + scale * (D_c - D_u), with guidance rescale.
 
 The conditional and unconditional branches run as one batched call; the unconditional context is
-the empty prompt's, or a negative prompt's. Guidance rescale (Lin et al. 2024, "Common Diffusion
-Noise Schedules and Sample Steps are Flawed", Eq. 15-16) pulls the per-sample standard deviation of
-the guided prediction back toward the conditional one's, which counters the over-exposure of large
-scales:
+the empty prompt's, or a negative prompt's. An image-conditioned model's image (a ``Conditioning``,
+``ldm.conditioning.concat``) goes to both branches: guidance drops the text only, as SD's pipelines.
+Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+Eq. 15-16) pulls the per-sample standard deviation of the guided prediction back toward the
+conditional one's, which counters the over-exposure of large scales:
 
     x_rescaled = x_cfg * std(x_pos) / std(x_cfg)                  (Eq. 15)
     x_final    = phi * x_rescaled + (1 - phi) * x_cfg             (Eq. 16)
@@ -20,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from ldm.conditioning.concat import Context, as_conditioning, guidance_batch
 from ldm.memo import TensorMemo
 
 
@@ -48,21 +50,25 @@ class CFGDenoiser:
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         # The same tensor on every step of a run, so that the denoiser may reuse what it derives from it.
-        self._batched_context: TensorMemo[torch.Tensor] = TensorMemo()
+        self._batched_context: TensorMemo[Context] = TensorMemo()
 
     def __call__(
         self,
         x: torch.Tensor,
         sigma: torch.Tensor,
-        context: torch.Tensor,
-        uncond_context: Optional[torch.Tensor] = None,
+        context: Context,
+        uncond_context: Optional[Context] = None,
     ) -> torch.Tensor:
-        """Guided denoised estimate; the unguided conditional one when there is no unconditional context."""
+        """Guided denoised estimate; the unguided conditional one when there is no unconditional context.
+
+        `context` and `uncond_context` are text tokens or Conditionings; an unconditional context of
+        text alone takes the conditional one's image.
+        """
         if uncond_context is None or self.guidance_scale == 1.0:
             return self.denoiser(x, sigma, context)
         # [2B, ...]: unconditional first, conditional second
-        contexts = (uncond_context, context)
-        batched_context = self._batched_context.get(contexts, lambda: torch.cat(contexts))
+        inputs = [*as_conditioning(uncond_context).tensors(), *as_conditioning(context).tensors()]
+        batched_context = self._batched_context.get(inputs, lambda: guidance_batch(uncond_context, context))
         out = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), batched_context)
         uncond, cond = out.chunk(2)
         guided = uncond + self.guidance_scale * (cond - uncond)

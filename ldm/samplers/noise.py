@@ -42,3 +42,15 @@ def randn_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
             [torch.randn(x.shape[1:], generator=g, device=g.device) for g in generator]
         )  # b ...
     return noise.to(x.device, x.dtype)
+
+
+def uniform_rows(
+    n: int, k: int, generator: Generators = None, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """U[0, 1) draws of shape [n, k] on `device`; with a sequence of n generators, row b from generator b."""
+    if generator is None or isinstance(generator, torch.Generator):
+        where = device if generator is None else generator.device
+        return torch.rand((n, k), generator=generator, device=where).to(device)
+    if len(generator) != n:
+        raise ValueError(f"got {len(generator)} generators for a batch of {n} samples")
+    return torch.stack([torch.rand(k, generator=g, device=g.device) for g in generator]).to(device)

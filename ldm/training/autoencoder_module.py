@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,7 +31,7 @@ from ldm.autoencoder.model import KLAutoencoder
 from ldm.autoencoder.perceptual import load_lpips
 from ldm.config import AutoencoderConfig
 from ldm.data.decode import model_inputs
-from ldm.optim import adam
+from ldm.optim import adam, check_lr_schedule, lr_multiplier
 from ldm.training.nonfinite import skip_if_nonfinite
 from ldm.training.precision import fused_allowed
 from ldm.training.step_seed import sample_generators
@@ -86,6 +87,7 @@ class AutoencoderModule(pl.LightningModule):
             disc_factor=config.disc_factor,
             disc_loss=config.disc_loss,
         )
+        check_lr_schedule(config.lr_schedule)
         if config.latent_stats_batches < 0:
             raise ValueError(f"latent_stats_batches must be >= 0, got {config.latent_stats_batches}")
         self.latent_stats: Optional[dict[str, Any]] = None
@@ -127,6 +129,9 @@ class AutoencoderModule(pl.LightningModule):
         self.manual_backward(loss)
         self._clip(opt_ae)
         opt_ae.step()
+        schedule = self.lr_schedulers()  # manual optimization: the schedule steps with the optimizer
+        if schedule is not None:
+            schedule.step()
         if opt_disc is not None and self.loss.discriminator_active(step):
             d_loss, d_log = self.loss.discriminator_step_loss(x, reconstructions)
             opt_disc.zero_grad()
@@ -226,19 +231,26 @@ class AutoencoderModule(pl.LightningModule):
         )
 
     def configure_optimizers(self) -> Any:
-        """Adam over the autoencoder and the learned logvar, and Adam over the discriminator; betas (0.5, 0.9) as LDM."""
+        """Adam over the autoencoder and the learned logvar, and Adam over the discriminator; betas (0.5, 0.9)
+        as LDM; with lr_schedule=cosine, the autoencoder's rate decays to zero at max_steps."""
         parameters = list(self.autoencoder.parameters()) + [self.loss.logvar]
         allow_fused = fused_allowed(self._trainer, self.gradient_clip_val)
         opt_ae = adam(parameters, allow_fused=allow_fused, lr=self.config.learning_rate, betas=(0.5, 0.9))
-        if self.loss.discriminator is None:
-            return opt_ae
-        opt_disc = adam(
-            list(self.loss.discriminator.parameters()),
-            allow_fused=allow_fused,
-            lr=self.config.learning_rate,
-            betas=(0.5, 0.9),
+        optimizers = [opt_ae]
+        if self.loss.discriminator is not None:
+            opt_disc = adam(
+                list(self.loss.discriminator.parameters()),
+                allow_fused=allow_fused,
+                lr=self.config.learning_rate,
+                betas=(0.5, 0.9),
+            )
+            optimizers.append(opt_disc)
+        if self.config.lr_schedule == "constant":
+            return optimizers[0] if len(optimizers) == 1 else optimizers
+        schedule = partial(
+            lr_multiplier, warmup_steps=0, schedule=self.config.lr_schedule, max_steps=self.config.max_steps
         )
-        return [opt_ae, opt_disc]
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(opt_ae, schedule)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Tag the checkpoint so that stage 2 can check what it is loading; keep the latent statistics."""

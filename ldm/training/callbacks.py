@@ -10,12 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
+from ldm.conditioning.low_resolution import downsample
+from ldm.data.decode import model_inputs
 from ldm.data.latents import check_cache_text_encoder
 from ldm.data.quality import CORRUPT_KINDS, SKIP_KINDS, DataQualityError, SampleCounter, breakdown
+from ldm.inpainter import Inpainter
 from ldm.pipeline import Text2Image
+from ldm.upscaler import Upscaler
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,11 @@ class SampleGridCallback(pl.Callback):
     """Every `every_n_steps` (and at the end of training) samples `prompts` and saves a grid PNG.
 
     Each row is one prompt, each column one seed, so grids from different steps compare directly.
-    Files go to ``<root dir>/images/samples-stepNNNNNN.png``; W&B runs also get the image and a
-    table of the samples with their prompts and seeds; TensorBoard gets the image and the prompts.
+    An image-conditioned model's rows start from the first validation images: a super-resolution
+    model upscales image i (downsampled) with its own caption, an inpainting model redraws the
+    middle of image i toward prompt i; the first column shows that input. Files go to
+    ``<root dir>/images/samples-stepNNNNNN.png``; W&B runs also get the image and a table of the
+    samples with their prompts and seeds; TensorBoard gets the image and the prompts.
     """
 
     def __init__(self, prompts: Sequence[str], n_per_prompt: int = 4, every_n_steps: int = 0, seed: int = 0):
@@ -65,15 +73,25 @@ class SampleGridCallback(pl.Callback):
         prompts = [p for p in self.prompts for _ in range(self.n_per_prompt)]
         seeds = [self.seed + i for _ in self.prompts for i in range(self.n_per_prompt)]
         ema_scope = getattr(pl_module, "ema_scope", contextlib.nullcontext)
+        task = getattr(getattr(pl_module, "image_conditioning", None), "task", "none")
         with ema_scope():  # the EMA weights when the module keeps them
-            images = Text2Image.from_module(pl_module)(prompts, seeds)
+            if task == "none":
+                images = Text2Image.from_module(pl_module)(prompts, seeds)
+                shown, columns = images, self.n_per_prompt
+            else:
+                inputs, captions = validation_images(trainer, len(self.prompts))
+                if task == "super_resolution":
+                    prompts = [c for c in captions for _ in range(self.n_per_prompt)]
+                shown_inputs, images = image_conditioned_samples(pl_module, inputs, prompts, seeds)
+                shown = with_input_column(shown_inputs, images)
+                columns = self.n_per_prompt + 1
         pl_module.train(was_training)
         path = Path(trainer.default_root_dir) / "images" / f"samples-step{trainer.global_step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, path, nrow=self.n_per_prompt, padding=1)
+        save_image(shown, path, nrow=columns, padding=1)
         self.last_path = path
         log.info("sample grid at step %d: %s", trainer.global_step, path)
-        grid = make_grid(images, nrow=self.n_per_prompt, padding=1)
+        grid = make_grid(shown, nrow=columns, padding=1)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, trainer.global_step, grid, images, prompts, seeds)
@@ -97,6 +115,46 @@ class SampleGridCallback(pl.Callback):
         logger.log_image("samples", [to_pixels(grid)], step=step, caption=[" | ".join(self.prompts)])
         rows = [[step, p, s, wandb.Image(to_pixels(x))] for p, s, x in zip(prompts, seeds, images)]
         logger.log_table("sample_table", columns=list(SAMPLE_TABLE_COLUMNS), data=rows, step=step)
+
+
+def validation_images(trainer: pl.Trainer, n: int) -> tuple[torch.Tensor, list[str]]:
+    """The first `n` validation images [n, 3, H, W] in [0, 1] (repeated if there are fewer) and captions."""
+    batch = model_inputs(next(iter(trainer.datamodule.val_dataloader())))
+    index = [i % len(batch["caption"]) for i in range(n)]
+    return (batch["image"][index].float().cpu() + 1) / 2, [batch["caption"][i] for i in index]
+
+
+def centre_masks(images: torch.Tensor) -> torch.Tensor:
+    """Masks [B, 1, H, W] that redraw the middle half of each side (the centre quarter of the image)."""
+    b, _, h, w = images.shape
+    masks = torch.zeros(b, 1, h, w)
+    masks[:, :, h // 4 : h - h // 4, w // 4 : w - w // 4] = 1
+    return masks
+
+
+def image_conditioned_samples(
+    module: pl.LightningModule, inputs: torch.Tensor, prompts: list[str], seeds: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what each input gives the model, as an image; the samples): len(seeds) // len(inputs) samples of
+    each input in turn, with those prompts and seeds, from a super-resolution model (the input
+    downsampled, then upscaled) or an inpainting one (its middle masked, then redrawn)."""
+    n = len(seeds) // len(inputs)
+    if module.image_conditioning.task == "super_resolution":
+        upscaler = Upscaler.from_module(module)
+        low_res = downsample(inputs, upscaler.factor).clamp(0, 1)
+        samples = upscaler(low_res.repeat_interleave(n, dim=0), prompts, seeds)
+        return F.interpolate(low_res, scale_factor=upscaler.factor, mode="nearest"), samples
+    masks = centre_masks(inputs)
+    repeated, repeated_masks = inputs.repeat_interleave(n, dim=0), masks.repeat_interleave(n, dim=0)
+    samples = Inpainter.from_module(module)(repeated, repeated_masks, prompts, seeds)
+    return inputs * (1 - masks) + 0.5 * masks, samples  # the masked part grey, as the model sees it
+
+
+def with_input_column(inputs: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """Grid rows [input i, its samples]: len(inputs) inputs with len(samples) // len(inputs) samples each."""
+    n = len(samples) // len(inputs)
+    rows = [torch.cat([inputs[i : i + 1], samples[i * n : (i + 1) * n]]) for i in range(len(inputs))]
+    return torch.cat(rows)
 
 
 class DataQualityCallback(pl.Callback):

@@ -33,6 +33,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 
+from ldm.conditioning.concat import Context, as_conditioning
 from ldm.config import DiffusionConfig, DistillConfig, TrainConfig, UNetConfig
 from ldm.denoiser.unet import UNetModel
 from ldm.diffusion.distillation import (
@@ -294,7 +295,7 @@ class DistillationModule(LatentDiffusionModule):
         posterior samples when `train`; caption dropout too when guidance is not distilled."""
         guided = self.distill.guidance
         z0 = self.latents_of(batch, sample=train, generator=generator)
-        context = self.context_of(batch, drop=train and not guided, generator=generator)
+        context = self.conditioning_of(batch, drop=train and not guided, generator=generator)
         scale = (
             sample_guidance_scales(z0.shape[0], self.distill.guidance_range, z0.device, generator)
             if guided
@@ -313,16 +314,18 @@ class DistillationModule(LatentDiffusionModule):
         )
 
     def teacher_call(
-        self, context: torch.Tensor, scale: Optional[torch.Tensor]
+        self, context: Context, scale: Optional[torch.Tensor]
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """D(x, sigma) of the teacher for these contexts: guided at `scale` (one call with w as input,
-        or a batched CFG call for a teacher without it), or plain when guidance is not distilled."""
+        """D(x, sigma) of the teacher for these contexts (with an image-conditioned model's image): guided
+        at `scale` (one call with w as input, or a batched CFG call for a teacher without it, the image in
+        both branches), or plain when guidance is not distilled."""
         teacher = self.teacher.denoiser
         if scale is None:
             return partial(teacher, context=context)
         if self.teacher.config.guidance_embed_dim:
             return partial(teacher, context=context, guidance=scale)
-        uncond = self.empty_context().expand(context.shape[0], -1, -1)  # [B, tokens, width]
+        batch = as_conditioning(context).context.shape[0]
+        uncond = self.empty_context().expand(batch, -1, -1)  # [B, tokens, width]
         return partial(guided_denoised, teacher, context=context, uncond_context=uncond, scale=scale)
 
     # -- optimisation and checkpoints --------------------------------------------------------------

@@ -64,6 +64,11 @@ log = logging.getLogger("ldm.train")
 
 TRAIN_FULL_ERROR_VARIABLES = (*FULL_ERROR_VARIABLES, "HYDRA_FULL_ERROR")
 """Environment variables that, set to 1, show a user error's traceback (Hydra's own too)."""
+SAMPLE_COMMANDS = {
+    "super_resolution": "upscale --init-img small.png",
+    "inpainting": "inpaint --init-img in.png --mask mask.png",
+}
+"""The ``python -m ldm.sample`` command (and its image flags) of each image-conditioned kind; txt2img else."""
 
 
 register_configs()
@@ -245,6 +250,7 @@ def train_diffusion(
         diffusion=config.diffusion,
         sampler=config.sampler,
         image_size=config.data.resolution,
+        image_conditioning=config.image_conditioning,
     )
     if ae_state is not None:
         module.first_stage_model.load_state_dict(ae_state, strict=True)
@@ -345,6 +351,11 @@ def fit_diffusion(
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resuming
     what = "distillation" if distilling else "stage 2"
     log.info("%s done: %s (validation: %s)", what, path, _metrics(trainer))
+    log.info(
+        'sample with: python -m ldm.sample %s --ckpt %s --prompt "..." --outdir out/',
+        SAMPLE_COMMANDS.get(module.image_conditioning.task, "txt2img"),
+        path,
+    )
     return path
 
 
@@ -404,11 +415,6 @@ def run(config: TrainConfig, run_dir: Path) -> dict[str, Optional[Path]]:
     if config.stage in ("all", "diffusion"):
         stage2_resume = resume if resume_stage == "diffusion" else None
         written["diffusion"] = train_diffusion(config, datamodule, run_dir, autoencoder_ckpt, stage2_resume)
-    if written["diffusion"] is not None:
-        log.info(
-            'sample with: python -m ldm.sample txt2img --ckpt %s --prompt "..." --outdir out/',
-            written["diffusion"],
-        )
     return written
 
 

@@ -15,6 +15,7 @@ from lightning_fabric.connector import _PRECISION_INPUT_STR
 
 from ldm.autoencoder.discriminator import DISC_NORMS
 from ldm.autoencoder.losses import DISC_LOSSES, RECONSTRUCTION_LOSSES
+from ldm.conditioning.image import check_image_conditioning
 from ldm.conditioning.text import LAYERS
 from ldm.config import AutoencoderConfig, TrainConfig
 from ldm.data.compose import ComposeRules
@@ -88,6 +89,7 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     _positive("autoencoder.learning_rate", ae.learning_rate)
     _positive("autoencoder.gradient_clip_val", ae.gradient_clip_val, optional=True)
     _one_of("autoencoder.reconstruction", ae.reconstruction, RECONSTRUCTION_LOSSES)
+    _one_of("autoencoder.lr_schedule", ae.lr_schedule, LR_SCHEDULES)
     _one_of("autoencoder.disc_loss", ae.disc_loss, DISC_LOSSES)
     _one_of("autoencoder.disc_norm", ae.disc_norm, DISC_NORMS)
     _at_least("autoencoder.latent_stats_batches", ae.latent_stats_batches, 0)
@@ -139,6 +141,12 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     f = downsample_factor(autoencoder or ae)
     if data.resolution % f:
         _fail("data.resolution", f"must be divisible by the autoencoder's factor {f}", data.resolution)
+    try:
+        check_image_conditioning(config.image_conditioning, config.denoiser, autoencoder or ae)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
+    if config.image_conditioning.task != "none" and data.cached_latents:
+        _fail("data.cached_latents", "cannot train image_conditioning (it is built from the images)", True)
     _one_of("trainer.precision", config.trainer.precision, PRECISIONS)
     _one_of("trainer.strategy", config.trainer.strategy, STRATEGIES)
     _one_of("trainer.fsdp_sharding", config.trainer.fsdp_sharding, FSDP_SHARDINGS)

@@ -59,8 +59,33 @@ def load_autoencoder(path: str | Path):
     return model.eval()
 
 
-def load_latent_diffusion(path: str | Path, use_ema: bool = True):
-    """The ``LatentDiffusion`` networks with the weights of a stage-2 checkpoint, in eval mode.
+TASK_COMMANDS = {
+    "none": "python -m ldm.sample txt2img (or img2img)",
+    "super_resolution": "scripts/upscale.py",
+    "inpainting": "scripts/inpaint.py",
+}
+"""The command that samples each kind of model (``image_conditioning.task``)."""
+
+
+def check_task(checkpoint: dict[str, Any], task: str, path: str | Path) -> None:
+    """Raise a one-line CheckpointError unless the stage-2 `checkpoint` is of the kind `task`."""
+    from ldm.conditioning.image import TASK_NAMES
+
+    def kind(name: str) -> str:
+        return ("an " if name[0] in "aeiou" else "a ") + name
+
+    found = checkpoint["hyper_parameters"].get("image_conditioning", {}).get("task", "none")
+    if found != task:
+        command = TASK_COMMANDS.get(found, "its own command")
+        raise CheckpointError(
+            f"{path} is {kind(TASK_NAMES.get(found, found))} checkpoint (image_conditioning.task={found}), "
+            f"but this needs {kind(TASK_NAMES[task])} one; sample it with {command}"
+        )
+
+
+def load_latent_diffusion(path: str | Path, use_ema: bool = True, task: str | None = None):
+    """The ``LatentDiffusion`` networks with the weights of a stage-2 checkpoint, in eval mode; with
+    `task`, the checkpoint must be of that kind (image_conditioning.task: none for text-to-image).
 
     When the checkpoint keeps an EMA of the U-Net and `use_ema`, the averaged weights are copied
     into ``model.diffusion_model`` (what samplers use) and the separate copy is dropped.
@@ -68,6 +93,8 @@ def load_latent_diffusion(path: str | Path, use_ema: bool = True):
     from ldm.diffusion.latent_diffusion import LatentDiffusion
 
     checkpoint = read_checkpoint(path, expected_stage="diffusion")
+    if task is not None:
+        check_task(checkpoint, task, path)
     module = LatentDiffusion.from_hparams(checkpoint["hyper_parameters"])
     load_checked(module, checkpoint["state_dict"], f"the weights in {path} do not fit its hyper-parameters")
     if module.model_ema is not None and use_ema:

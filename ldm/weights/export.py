@@ -23,7 +23,10 @@ against diffusers): the U-Net's GroupNorm has 32 groups (eps 1e-5 in residual bl
 the transformers), its timestep embedding puts cosines first with no shift, heads are either a
 fixed width (SD 2) or a fixed count (SD 1), projections linear or 1x1 convs; the autoencoder's
 norms have eps 1e-6 and its down-sampling pads right and bottom. Dropout acts in training only: it
-is stated where the target has a field for it and otherwise left out.
+is stated where the target has a field for it and otherwise left out. Image-conditioned models
+(``image_conditioning``) get SD's classes: LDM's ``LatentUpscaleDiffusion`` (with its noise
+augmentation and ``num_classes``) and ``LatentInpaintDiffusion``; diffusers' ``num_class_embeds``
+and ``only_cross_attention``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
+from ldm.conditioning.low_resolution import NOISE_SCHEDULE
+from ldm.config import (
+    AutoencoderConfig,
+    ConditionerConfig,
+    DiffusionConfig,
+    ImageConditioningConfig,
+    SamplerConfig,
+    UNetConfig,
+)
 from ldm.weights.checkpoint import read_checkpoint
 from ldm.weights.io import write_tensors
 from ldm.weights.sd import sd_state_dict_from_ldm
@@ -65,6 +76,12 @@ DIFFUSERS_BETA_SCHEDULES = {
     "cosine": "squaredcos_cap_v2",
 }
 DIFFUSERS_PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+LDM_MODELS = {
+    "none": ("ldm.models.diffusion.ddpm.LatentDiffusion", "crossattn"),
+    "super_resolution": ("ldm.models.diffusion.ddpm.LatentUpscaleDiffusion", "hybrid-adm"),
+    "inpainting": ("ldm.models.diffusion.ddpm.LatentInpaintDiffusion", "hybrid"),
+}
+"""LDM's model class and conditioning key of each image_conditioning.task."""
 
 
 def _configs(
@@ -175,6 +192,10 @@ def ldm_inference_config(hparams: dict[str, Any], scale_factor: Optional[float] 
     else:
         unet["num_heads"] = denoiser.num_heads
         unet["num_head_channels"] = -1
+    if denoiser.num_classes is not None:
+        unet["num_classes"] = denoiser.num_classes
+    if denoiser.disable_self_attentions is not None:
+        unet["disable_self_attentions"] = list(denoiser.disable_self_attentions)
     unet.update(
         use_spatial_transformer=True,
         use_linear_in_transformer=denoiser.use_linear_in_transformer,
@@ -194,6 +215,8 @@ def ldm_inference_config(hparams: dict[str, Any], scale_factor: Optional[float] 
         "attn_resolutions": list(autoencoder.attn_resolutions),
         "dropout": autoencoder.dropout,
     }
+    task = ImageConditioningConfig(**hparams.get("image_conditioning", {}))
+    target, conditioning_key = LDM_MODELS[task.task]
     params: dict[str, Any] = {
         "linear_start": diffusion.linear_start,
         "linear_end": diffusion.linear_end,
@@ -207,13 +230,22 @@ def ldm_inference_config(hparams: dict[str, Any], scale_factor: Optional[float] 
         "image_size": hparams["image_size"] // _downsampling(autoencoder),
         "channels": autoencoder.embed_dim,
         "cond_stage_trainable": conditioner.trainable,
-        "conditioning_key": "crossattn",
+        "conditioning_key": conditioning_key,
         "monitor": "val/loss_simple_ema",
         "scale_factor": _scale_factor(hparams, scale_factor),
         "use_ema": False,  # the single file holds the weights to sample with in model.diffusion_model
     }
     if diffusion.beta_schedule == "cosine":
         params["cosine_s"] = diffusion.cosine_s
+    if task.task == "super_resolution":  # x4-upscaling.yaml: the low-resolution input's augmentation
+        params["low_scale_key"] = "lr"
+        params["low_scale_config"] = {
+            "target": "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation",
+            "params": {
+                "noise_schedule_config": {"linear_start": NOISE_SCHEDULE[1], "linear_end": NOISE_SCHEDULE[2]},
+                "max_noise_level": task.max_noise_level,
+            },
+        }
     params["unet_config"] = {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet}
     params["first_stage_config"] = {
         "target": "ldm.models.autoencoder.AutoencoderKL",
@@ -241,7 +273,7 @@ def ldm_inference_config(hparams: dict[str, Any], scale_factor: Optional[float] 
     return {
         "model": {
             "base_learning_rate": diffusion.learning_rate,
-            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+            "target": target,
             "params": params,
         }
     }
@@ -269,7 +301,9 @@ def diffusers_unet_config(hparams: dict[str, Any]) -> dict[str, Any]:
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends],
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)],
-        "only_cross_attention": False,
+        "only_cross_attention": (
+            list(denoiser.disable_self_attentions) if denoiser.disable_self_attentions is not None else False
+        ),
         "block_out_channels": widths,
         "layers_per_block": denoiser.num_res_blocks,
         "downsample_padding": 1,
@@ -284,6 +318,8 @@ def diffusers_unet_config(hparams: dict[str, Any]) -> dict[str, Any]:
         "use_linear_projection": denoiser.use_linear_in_transformer,
         "upcast_attention": False,
         "resnet_time_scale_shift": "default",
+        "class_embed_type": None,
+        "num_class_embeds": denoiser.num_classes,  # SD x4: nn.Embedding of the noise level, added to emb
     }
 
 

@@ -14,6 +14,13 @@ SD files may also hold LDM's schedule buffers (``betas``, ``alphas_cumprod``, ..
 (``cond_stage_model.transformer.*``, Hugging Face CLIP layout) is not converted: its U-Net and
 autoencoder can start a run (``diffusion.init_from``) with an open_clip ViT-L-14 conditioner.
 
+The image-conditioned models are the same layout with a wider first convolution: SD's x4 upscaler
+(``x4-upscaler-ema``: 7 input channels, a ``label_emb`` of its input's noise level, self-attention
+off at three levels, a kl-f4 autoencoder; its ``low_scale_model.*`` schedule buffers are
+recomputed) and the inpainting models (``512-inpainting-ema``, ``sd-v1-5-inpainting``: 9 input
+channels). A text-to-image checkpoint starts an inpainting fine-tune (``diffusion.init_from``) with
+the new input channels' weights zero (``widen_for_image_conditioning``), as SD 2 inpainting was made.
+
 A guidance-distilled student's U-Net has one module SD's U-Net lacks, the guidance-scale embedding
 (``model.diffusion_model.guidance_embed.*``, ``ldm.denoiser.unet``); its keys travel with the others
 under the same prefix, and reading them back needs an architecture that has it: the student's own
@@ -36,7 +43,14 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import nn
 
-from ldm.config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, SamplerConfig, UNetConfig
+from ldm.config import (
+    AutoencoderConfig,
+    ConditionerConfig,
+    DiffusionConfig,
+    ImageConditioningConfig,
+    SamplerConfig,
+    UNetConfig,
+)
 from ldm.diffusion.channel_normalization import MEAN_KEY, STD_KEY, fold_into_autoencoder
 from ldm.diffusion.scaling import choose_scale_factor
 from ldm.weights.checkpoint import CheckpointError, read_checkpoint
@@ -77,11 +91,17 @@ VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 """The top-level modules of the SD VAE (``KLAutoencoder``)."""
 VAE_TRAINING_ONLY_PREFIX = "loss."
 """LDM's LPIPSWithDiscriminator entries in a VAE training checkpoint: not part of the VAE."""
-SD_SKIPPED_PREFIXES = ("model_ema.", PREFIXES["autoencoder"] + VAE_TRAINING_ONLY_PREFIX)
+LOW_SCALE_PREFIX = "low_scale_model."
+"""SD x4's noise-augmentation schedule buffers (recomputed, ldm.conditioning.low_resolution)."""
+SD_SKIPPED_PREFIXES = ("model_ema.", PREFIXES["autoencoder"] + VAE_TRAINING_ONLY_PREFIX, LOW_SCALE_PREFIX)
 HF_CLIP_PREFIX = "cond_stage_model.transformer."
 """SD 1.x's text encoder (Hugging Face CLIPTextModel layout), not converted."""
 SD_SCALE_FACTOR = 0.18215
 """The latent scale of SD's kl-f8 autoencoder (SD files do not store it)."""
+SD_X4_SCALE_FACTOR = 0.08333
+"""The latent scale of the SD x4 upscaler's kl-f4 autoencoder (its x4-upscaling.yaml)."""
+INPUT_CONV = "input_blocks.0.0.weight"
+"""The U-Net's first convolution, whose input channels are the latent's and the image conditioning's."""
 
 
 @dataclass
@@ -98,17 +118,58 @@ class SDArchitecture:
     """Training resolution in pixels (the default sampling size)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """The default sampler of the converted checkpoint."""
+    image_conditioning: ImageConditioningConfig = field(default_factory=ImageConditioningConfig)
+    """The image the model is conditioned on besides the text (text-to-image: none)."""
     distillation: Optional[dict[str, Any]] = None
     """A distilled student's ``hyper_parameters["distillation"]`` (its step count, guidance range, ...)."""
 
 
+def sd_image_architectures(text_to_image: dict[str, SDArchitecture]) -> dict[str, SDArchitecture]:
+    """The image-conditioned presets: sd-x4-upscaler, and sd2-inpainting and sd15-inpainting (9 input
+    channels, else the architectures of `text_to_image`'s sd2 and sd15)."""
+
+    def inpainting(name: str, description: str) -> SDArchitecture:
+        arch = text_to_image[name]
+        denoiser = dataclasses.replace(arch.denoiser, in_channels=9, concat_channels=5)
+        task = ImageConditioningConfig(task="inpainting")
+        return dataclasses.replace(arch, description=description, denoiser=denoiser, image_conditioning=task)
+
+    x4_unet = UNetConfig(  # x4-upscaling.yaml
+        in_channels=7,
+        concat_channels=3,
+        num_classes=1000,
+        model_channels=256,
+        channel_mult=[1, 2, 2, 4],
+        attention_resolutions=[2, 4, 8],
+        num_heads=8,
+        disable_self_attentions=[True, True, True, False],
+    )
+    return {
+        "sd-x4-upscaler": SDArchitecture(
+            "Stable Diffusion x4 upscaler (128 -> 512px, v-prediction, noise level as class label)",
+            x4_unet,
+            autoencoder=AutoencoderConfig(ch_mult=[1, 2, 4]),  # kl-f4, 4 latent channels
+            diffusion=DiffusionConfig(
+                scale_factor=SD_X4_SCALE_FACTOR, parameterization="v", linear_start=1e-4, linear_end=0.02
+            ),
+            sampler=SamplerConfig(steps=75, guidance_scale=9.0),  # diffusers' pipeline defaults
+            image_conditioning=ImageConditioningConfig(task="super_resolution"),
+        ),
+        "sd2-inpainting": inpainting("sd2", "Stable Diffusion 2 inpainting (512px, eps; 9 input channels)"),
+        "sd15-inpainting": inpainting(
+            "sd15", "Stable Diffusion 1.5 inpainting (512px, eps; 9 input channels; U-Net and autoencoder)"
+        ),
+    }
+
+
 def sd_architectures() -> dict[str, SDArchitecture]:
-    """Named presets (fresh objects each call): sd2 (SD 2.x base, 512px, eps), sd2-v (768px, v), sd15."""
+    """Named presets (fresh objects each call): sd2 (SD 2.x base, 512px, eps), sd2-v (768px, v), sd15,
+    and the image-conditioned ones (``sd_image_architectures``)."""
     sd2_unet = UNetConfig()  # the defaults are SD 2's
     sd15_unet = UNetConfig(num_heads=8, context_dim=768, use_linear_in_transformer=False)
     # SD 1.x: OpenAI CLIP ViT-L/14 (QuickGELU), last layer; open_clip holds the same network as ViT-L-14 "openai".
     sd15_text = ConditionerConfig(arch="ViT-L-14-quickgelu", pretrained=None, layer="last")
-    return {
+    text_to_image = {
         "sd2": SDArchitecture("Stable Diffusion 2.x base (512px, eps-prediction)", sd2_unet),
         "sd2-v": SDArchitecture(
             "Stable Diffusion 2.x 768-v (768px, v-prediction)",
@@ -120,6 +181,7 @@ def sd_architectures() -> dict[str, SDArchitecture]:
             "Stable Diffusion 1.5 (512px, eps; U-Net and autoencoder only)", sd15_unet, conditioner=sd15_text
         ),
     }
+    return {**text_to_image, **sd_image_architectures(text_to_image)}
 
 
 def get_sd_architecture(name: str) -> SDArchitecture:
@@ -149,6 +211,7 @@ def sd_architecture_from_checkpoint(path: str | Path) -> SDArchitecture:
         DiffusionConfig(**hparams["diffusion"]),
         hparams["image_size"],
         SamplerConfig(**hparams["sampler"]),
+        ImageConditioningConfig(**hparams.get("image_conditioning", {})),
         hparams.get("distillation"),
     )
 
@@ -178,6 +241,7 @@ def sd_architecture_from_config(path: str | Path) -> SDArchitecture:
         config.diffusion,
         config.data.resolution,
         config.sampler,
+        config.image_conditioning,
     )
 
 
@@ -303,6 +367,7 @@ def ldm_checkpoint_from_sd(
         "diffusion": dataclasses.asdict(diffusion),
         "sampler": dataclasses.asdict(sampler or arch.sampler),
         "image_size": arch.image_size,
+        "image_conditioning": dataclasses.asdict(arch.image_conditioning),
     }
     if arch.distillation is not None:
         hyper_parameters["distillation"] = dict(arch.distillation)
@@ -330,7 +395,8 @@ def load_initial_weights(
     parts = split_sd_state_dict(state)
     if not parts["denoiser"]:
         raise CheckpointError("the initial weights have no model.diffusion_model.* keys")
-    load_part(module.model.diffusion_model, "denoiser", parts["denoiser"])
+    unet = module.model.diffusion_model
+    load_part(unet, "denoiser", widen_for_image_conditioning(parts["denoiser"], unet))
     loaded = ["denoiser"]
     if autoencoder and parts["autoencoder"]:
         load_part(module.first_stage_model, "autoencoder", parts["autoencoder"])
@@ -345,6 +411,28 @@ def load_initial_weights(
     if getattr(module, "model_ema", None) is not None:
         module.model_ema.reset(module.model.diffusion_model)
     return loaded
+
+
+def widen_for_image_conditioning(state: dict[str, torch.Tensor], unet: nn.Module) -> dict[str, torch.Tensor]:
+    """A U-Net state dict with fewer input channels than `unet` (a text-to-image model's, to start an
+    image-conditioned one), widened to fit: the new input channels' weights, and a class embedding
+    it lacks, are zero, so that the network starts computing what the text-to-image one did whatever
+    the image conditioning holds (SD 2 inpainting's initialisation). Any other state is returned as is."""
+    ours, theirs = unet.state_dict(), state.get(INPUT_CONV)
+    if INPUT_CONV not in ours or theirs is None or theirs.ndim != 4:
+        return state
+    wanted = ours[INPUT_CONV].shape  # (out, in, 3, 3)
+    if theirs.shape[1] >= wanted[1] or (theirs.shape[0], *theirs.shape[2:]) != (wanted[0], *wanted[2:]):
+        return state
+    widened = torch.zeros(wanted, dtype=theirs.dtype)
+    widened[:, : theirs.shape[1]] = theirs  # channels: the latent's first, then the image conditioning's
+    state = {**state, INPUT_CONV: widened}
+    new = [f"{INPUT_CONV} (input channels {theirs.shape[1]} -> {wanted[1]})"]
+    if "label_emb.weight" in ours and "label_emb.weight" not in state:
+        state["label_emb.weight"] = torch.zeros_like(ours["label_emb.weight"])
+        new.append("label_emb.weight")
+    log.info("initial U-Net widened for image conditioning, new weights zero: %s", ", ".join(new))
+    return state
 
 
 def sd_vae_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

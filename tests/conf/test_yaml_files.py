@@ -51,6 +51,15 @@ def test_experiments_state_only_what_differs_from_the_groups(experiment: str):
     assert not restated, f"experiment/{experiment}.yaml restates {', '.join(restated)}"
 
 
+@pytest.mark.parametrize("experiment", ["shapes_sr", "shapes_inpaint"])
+def test_experiments_built_on_shapes_state_only_what_differs_from_it(experiment: str):
+    data = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
+    assert data["defaults"] == ["shapes", "_self_"]
+    base = dataclasses.asdict(compose_config(["experiment=shapes"]))
+    restated = [key for key, value in leaves(data) if lookup(base, key) == value]
+    assert not restated, f"experiment/{experiment}.yaml restates {', '.join(restated)}"
+
+
 def test_a_restated_default_is_caught():
     data = {"denoiser": {"model_channels": 320, "use_checkpoint": True}}
     base = dataclasses.asdict(compose_config(["~experiment"]))

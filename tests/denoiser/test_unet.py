@@ -222,3 +222,57 @@ def test_constructor_validation():
         UNetModel(**{**TINY, "attention_resolutions": [1, 4]})
     with pytest.raises(ValueError, match="unknown attention_backend 'flash'"):
         UNetModel(**{**TINY, "attention_backend": "flash"})
+
+
+# --- Image-conditioned layouts: SD x4 upscaler (class embedding, self-attention off) and inpainting ---------
+
+SD_X4 = dict(
+    SD2, in_channels=7, concat_channels=3, model_channels=256, channel_mult=[1, 2, 2, 4],
+    attention_resolutions=[2, 4, 8], num_heads=8, num_classes=1000,
+    disable_self_attentions=[True, True, True, False],
+)  # fmt: skip
+
+
+def test_sd_x4_upscaler_key_layout():
+    state = {k: tuple(v.shape) for k, v in _on_meta(**SD_X4).state_dict().items()}
+    assert state["input_blocks.0.0.weight"] == (256, 7, 3, 3)
+    assert state["label_emb.weight"] == (1000, 1024)  # nn.Embedding(num_classes, 4 * model_channels)
+    # Levels 1 and 2 attend to the text in attn1 too (its keys and values come from the 1024-wide context) ...
+    assert state["input_blocks.4.1.transformer_blocks.0.attn1.to_k.weight"] == (512, 1024)
+    assert state["output_blocks.8.1.transformer_blocks.0.attn1.to_v.weight"] == (512, 1024)
+    # ... level 3 and the middle block keep self-attention.
+    assert state["input_blocks.10.1.transformer_blocks.0.attn1.to_k.weight"] == (1024, 1024)
+    assert state["middle_block.1.transformer_blocks.0.attn1.to_k.weight"] == (1024, 1024)
+    assert "input_blocks.1.1.norm.weight" not in state  # level 0: no attention
+
+
+def test_a_class_label_adds_its_embedding_to_the_timestep_embedding():
+    labelled = _randomized(UNetModel(**TINY, num_classes=10))
+    plain = UNetModel(**TINY)
+    state = {k: v for k, v in labelled.state_dict().items() if k != "label_emb.weight"}
+    state["time_embed.2.bias"] = state["time_embed.2.bias"] + labelled.label_emb.weight[7]
+    plain.load_state_dict(state)  # the time embedding's last bias carries label 7's embedding
+    x, t, context = _inputs()
+    with torch.no_grad():
+        ours, reference = labelled(x, t, context, class_labels=torch.tensor([7, 7])), plain(x, t, context)
+        other = labelled(x, t, context, class_labels=torch.tensor([3, 3]))
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item())
+    assert (other - ours).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kwargs,labels,message", [
+    ({"num_classes": 10}, None, "embeds a class label \\(num_classes=10\\): none given"),
+    ({}, torch.tensor([1, 2]), "class_labels were given, but this U-Net has no class embedding"),
+    ({"num_classes": 10}, torch.tensor([1.0, 2.0]), r"class_labels must be \(2,\) integers"),
+])  # fmt: skip
+def test_class_labels_must_match_the_network(kwargs, labels, message):
+    model = UNetModel(**TINY, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        model(*_inputs(), class_labels=labels)
+
+
+def test_image_conditioning_arguments_are_checked():
+    with pytest.raises(ValueError, match="disable_self_attentions has 1 entries for 2 levels"):
+        UNetModel(**TINY, disable_self_attentions=[True])
+    with pytest.raises(ValueError, match=r"concat_channels must be in \[0, in_channels=4\), got 4"):
+        UNetModel(**TINY, concat_channels=4)

@@ -1,6 +1,7 @@
 """Tests for ldm/autoencoder/module.py."""
 
 import dataclasses
+import math
 
 import pytest
 import pytorch_lightning as pl
@@ -223,3 +224,27 @@ def test_compiled_and_channels_last_autoencoder_agrees_with_eager(compile):
     scale = max(g.abs().max() for g in grads_ref.values())
     for name, grad in grads.items():
         assert (grad - grads_ref[name]).abs().max() <= 1e-5 * scale, name
+
+
+def test_cosine_schedule_decays_the_autoencoders_rate_to_zero_at_max_steps(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(learning_rate=1e-3, max_steps=4, lr_schedule="cosine", disc_start=2, disc_channels=8,
+                         disc_num_layers=2, latent_stats_batches=0)  # fmt: skip
+    module = AutoencoderModule(config)
+    rates = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            rates.append([group["lr"] for opt in trainer.optimizers for group in opt.param_groups])
+
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                         callbacks=[Rates()], limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, train_dataloaders=DataLoader(ImageDataset(simple_images()), batch_size=1))
+    assert trainer.global_step == 4
+    # After optimizer step k (1..4) the rate is 1e-3 * (1 + cos(pi k / 4)) / 2; the discriminator's stays.
+    expected = [1e-3 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(1, 5)]
+    assert [r[0] for r in rates] == pytest.approx(expected, abs=1e-12)
+    assert [r[-1] for r in rates] == [1e-3] * 4
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        AutoencoderModule(tiny_config(lr_schedule="linear"))

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ldm.conditioning.concat import Conditioning
 from ldm.config import DiffusionConfig, DistillConfig, TrainConfig
 from ldm.denoiser.unet import UNetModel
 from ldm.diffusion.latent_diffusion import LatentDiffusion
@@ -32,7 +33,13 @@ from ldm.training.distill_module import (
 from ldm.training.train import ResumePoint, check_distill_resume, run
 from ldm.training.validate import ConfigError, check_config
 from ldm.weights.checkpoint import read_checkpoint
-from tests.conftest import run_cli, tiny_module_configs, train_on_debug_data
+from tests.conftest import (
+    assert_float32_close,
+    run_cli,
+    save_tiny_image_conditioned,
+    tiny_module_configs,
+    train_on_debug_data,
+)
 
 
 def test_phases_are_stage_1_then_halving_rounds():
@@ -158,6 +165,30 @@ def test_each_round_makes_the_student_the_next_teacher(tmp_path):
     changed = TrainConfig(stage="distill", distill=dataclasses.replace(student.distill, steps_per_round=5))
     with pytest.raises(ValueError, match="change the phases this run has already gone through"):
         DistillationModule.from_resume(checkpoint["hyper_parameters"], changed).on_load_checkpoint(checkpoint)
+
+
+def test_an_image_conditioned_teacher_is_distilled_with_its_image_in_both_guidance_branches(tmp_path):
+    teacher = save_tiny_image_conditioned(tmp_path / "inpaint.ckpt", "inpainting", seed=0)
+    config = TrainConfig(stage="distill", distill=DistillConfig(
+        start_steps=4, end_steps=2, guidance_steps=3, steps_per_round=3, parameterization="eps"))  # fmt: skip
+    student = DistillationModule.from_teacher(teacher, config).eval()
+    assert student.image_conditioning.task == "inpainting" and student.checkpoint_hparams["distillation"]
+    assert student.model.diffusion_model.concat_channels == 5
+    student.enter_phase(0)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        conditioning = student.conditioning_of(batch(), drop=False, generator=g)  # text + mask + masked latent
+        x, sigma = torch.randn(4, 4, 16, 16, generator=g) * 3, torch.tensor([0.5, 2.0, 9.0, 30.0])
+        scale = torch.tensor([1.0, 3.0, 5.0, 7.5])
+        target = student.teacher_call(conditioning, scale)(x, sigma)
+        uncond = Conditioning(student.empty_context().expand(4, -1, -1), conditioning.image)
+        d_cond = student.teacher.denoiser(x, sigma, conditioning)
+        d_uncond = student.teacher.denoiser(x, sigma, uncond)
+        assert_float32_close(target, d_uncond + scale[:, None, None, None] * (d_cond - d_uncond))
+        # The student starts as the teacher's conditional model, the image and w given alike.
+        assert torch.equal(student.model(x, sigma, conditioning, guidance=scale), d_cond)
+        loss = student.loss(batch(), train=True, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss.item() > 0
 
 
 def test_distillation_needs_a_teacher_and_continues_only_its_own_checkpoints(tmp_path):

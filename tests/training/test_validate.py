@@ -49,6 +49,23 @@ def test_impossible_values_stop_the_run_before_anything_is_built(tmp_path, overr
 def test_the_defaults_and_presets_pass():
     for overrides in ([], ["experiment=debug"], ["experiment=sd2_base"], ["data=webdataset"]):
         check_config(compose_config(overrides))
+    for experiment in ("shapes_sr", "shapes_inpaint"):
+        check_config(compose_config([f"experiment={experiment}"]))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["experiment=shapes_sr", "autoencoder.ch_mult=[1,2]"],
+     "config: image_conditioning.upscale=4 must equal the autoencoder's factor 2"),
+    (["experiment=shapes_inpaint", "denoiser.in_channels=4"], "config: denoiser in/out channels (4/4) must be"),
+    (["experiment=debug", "image_conditioning.task=inpainting"],
+     "config: image_conditioning.task=inpainting concatenates 5 channels to the latent"),
+    (["experiment=shapes_inpaint", "data=webdataset", "data.cached_latents=true"],
+     "config: data.cached_latents cannot train image_conditioning (it is built from the images)"),
+])  # fmt: skip
+def test_image_conditioning_that_cannot_train_stops_at_start_up(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_config(overrides))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
 def test_resolution_is_checked_against_the_autoencoder_that_stage_2_uses():

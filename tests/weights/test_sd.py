@@ -1,14 +1,16 @@
 """SD single-file checkpoints in and out (ldm/weights/sd.py), checked against diffusers where it is installed."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from ldm.config import DiffusionConfig
+from ldm.config import DiffusionConfig, ImageConditioningConfig
 from ldm.pipeline import Text2Image
 from ldm.training.diffusion_module import LatentDiffusionModule
 from ldm.weights.checkpoint import CheckpointError, load_latent_diffusion
+from ldm.weights.export import export_checkpoint
 from ldm.weights.io import read_tensors, write_tensors
 from ldm.weights.sd import (
     SDArchitecture,
@@ -194,21 +196,18 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def sd2_style_module() -> LatentDiffusionModule:
-    """A tiny SD-2-style model: 3 levels, attention on the first two, linear projections, 2 res blocks."""
+def sd2_style_module(
+    image_conditioning: ImageConditioningConfig | None = None, **denoiser
+) -> LatentDiffusionModule:
+    """A tiny SD-2-style model: 3 levels, attention on the first two, linear projections, 2 res blocks
+    (or the `denoiser` fields given), every weight random."""
     configs = tiny_module_configs()
-    configs["denoiser"] = dataclasses.replace(
-        configs["denoiser"],
-        model_channels=32,
-        channel_mult=[1, 2, 2],
-        num_res_blocks=2,
-        attention_resolutions=[1, 2],
-        num_head_channels=16,
-        context_dim=32,
-    )
+    unet = dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=2, attention_resolutions=[1, 2],
+                num_head_channels=16, context_dim=32)  # fmt: skip
+    configs["denoiser"] = dataclasses.replace(configs["denoiser"], **{**unet, **denoiser})
     configs["autoencoder"] = dataclasses.replace(configs["autoencoder"], norm_groups=32)
     torch.manual_seed(0)
-    module = LatentDiffusionModule(**configs).eval()
+    module = LatentDiffusionModule(**configs, image_conditioning=image_conditioning).eval()
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -272,3 +271,119 @@ def test_full_size_sd2_layout_is_what_diffusers_converts():
         assert sum(torch.Size(s).numel() for s in shapes[prefix].values()) == sum(
             p.numel() for p in model.parameters()
         )
+
+
+# --- Image-conditioned layouts: SD x4 upscaler and SD inpainting -------------------------------------------
+
+# diffusers' UNet2DConditionModel configs of the released models (unet/config.json of
+# stabilityai/stable-diffusion-x4-upscaler and stabilityai/stable-diffusion-2-inpainting), written by hand.
+DIFFUSERS_X4_UNET = dict(
+    sample_size=128,
+    in_channels=7,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(256, 512, 512, 1024),
+    attention_head_dim=8,
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    num_class_embeds=1000,
+    only_cross_attention=(True, True, True, False),
+)
+DIFFUSERS_SD2_INPAINTING_UNET = {**DIFFUSERS_SD2_UNET, "in_channels": 9}
+
+
+@pytest.mark.parametrize("name,diffusers_config", [
+    ("sd-x4-upscaler", DIFFUSERS_X4_UNET), ("sd2-inpainting", DIFFUSERS_SD2_INPAINTING_UNET),
+])  # fmt: skip
+def test_full_size_image_conditioned_layouts_are_what_diffusers_converts(name, diffusers_config):
+    """Every key of the released layouts lands on a diffusers parameter of the right shape, and a file
+    of the layout (with SD x4's low_scale_model.* schedule buffers) converts both ways."""
+    diffusers, single_file_utils = _diffusers()
+    arch = get_sd_architecture(name)
+    prefix = "model.diffusion_model."
+    shapes = expected_shapes(arch)[prefix]
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(**diffusers_config)
+    ours = {prefix + k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    converted = single_file_utils.convert_ldm_unet_checkpoint(ours, unet.config)
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == expected
+    assert sum(torch.Size(s).numel() for s in shapes.values()) == sum(p.numel() for p in unet.parameters())
+
+    state = meta_sd_state(arch)
+    if name == "sd-x4-upscaler":
+        state["low_scale_model.alphas_cumprod"] = torch.empty(1000, device="meta")
+    checkpoint = ldm_checkpoint_from_sd(state, arch)
+    assert checkpoint["hyper_parameters"]["image_conditioning"]["task"] == arch.image_conditioning.task
+    exported = sd_state_dict_from_ldm(checkpoint).keys()
+    assert exported == (state.keys() - {"low_scale_model.alphas_cumprod"}) | {"scale_factor"}
+
+
+def image_conditioned_module(task: str) -> LatentDiffusionModule:
+    """A tiny model of an SD image-conditioned layout, every weight random: super_resolution as SD x4 (class
+    embedding, fixed head count, self-attention off at a level; 4 + 3 channels in), inpainting 4 + 5 in."""
+    if task == "inpainting":
+        return sd2_style_module(ImageConditioningConfig(task=task), in_channels=9, concat_channels=5)
+    return sd2_style_module(
+        ImageConditioningConfig(task=task, upscale=2),  # the tiny autoencoder's factor
+        in_channels=7,
+        concat_channels=3,
+        num_classes=1000,
+        attention_resolutions=[2, 4],
+        num_heads=2,
+        disable_self_attentions=[True, True, False],
+    )
+
+
+@pytest.mark.parametrize("task", ["super_resolution", "inpainting"])
+def test_exported_image_conditioned_unet_computes_what_diffusers_loads_from_the_file(
+    task, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    diffusers, _ = _diffusers()
+    module = image_conditioned_module(task)
+    out = tmp_path / "model.safetensors"
+    export_checkpoint(as_checkpoint(module), out)
+    folder = tmp_path / "model-diffusers"
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    unet = diffusers.UNet2DConditionModel.from_single_file(
+        str(out), config=str(folder), subfolder="unet", local_files_only=True
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    channels = module.model.diffusion_model.in_channels
+    x, context = torch.randn(2, channels, 16, 16, generator=g), torch.randn(2, 7, 32, generator=g)
+    t = torch.tensor([10, 700])
+    labels = torch.tensor([20, 349]) if task == "super_resolution" else None
+    with torch.no_grad():
+        ours = module.model.diffusion_model(x, t, context, class_labels=labels)
+        theirs = unet(x, t, encoder_hidden_states=context, class_labels=labels).sample
+        if labels is not None:  # the label matters, so agreement is not by luck
+            other = module.model.diffusion_model(x, t, context, class_labels=torch.tensor([0, 0]))
+            assert _relative_error(other, ours) > 1e-3
+    assert config["in_channels"] == channels
+    if task == "super_resolution":
+        assert config["num_class_embeds"] == 1000 and config["only_cross_attention"] == [True, True, False]
+    assert ours.abs().mean() > 0.1
+    assert _relative_error(theirs, ours) <= 1e-5
+
+
+def test_a_text_to_image_unet_starts_an_inpainting_one_that_computes_the_same():
+    source = tiny_module(seed=1)
+    state = sd_state_dict_from_ldm(as_checkpoint(source))
+    configs = tiny_module_configs()
+    configs["denoiser"] = dataclasses.replace(configs["denoiser"], in_channels=9, concat_channels=5)
+    inpainting = ImageConditioningConfig(task="inpainting")
+    target = LatentDiffusionModule(**configs, image_conditioning=inpainting).eval()
+    assert load_initial_weights(target, state) == ["denoiser", "autoencoder", "conditioner"]
+    weight = target.model.diffusion_model.input_blocks[0][0].weight
+    assert torch.equal(weight[:, :4], source.model.diffusion_model.input_blocks[0][0].weight)
+    assert torch.equal(weight[:, 4:], torch.zeros_like(weight[:, 4:]))  # the 5 new channels start at zero
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([5, 600])
+    context = torch.randn(2, 16, 32, generator=g)
+    image = torch.randn(2, 5, 16, 16, generator=g)  # whatever the mask and masked latent hold
+    with torch.no_grad():
+        widened = target.model.diffusion_model(torch.cat([x, image], dim=1), t, context)
+        original = source.model.diffusion_model(x, t, context)
+    torch.testing.assert_close(widened, original)

@@ -1,0 +1,51 @@
+"""benchmarks/eval_inpaint.py: masks over the shape, other targets, PSNR outside the mask."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ldm.data.shapes import generate_shapes
+from tests.conftest import save_tiny_image_conditioned
+
+
+def test_the_mask_covers_the_shape_in_whole_cells(load_benchmark):
+    eval_inpaint = load_benchmark("eval_inpaint")
+    for sample in generate_shapes(20, resolution=32, seed=0, split="val"):
+        mask = eval_inpaint.shape_mask(sample, 4)[0]
+        bright = torch.from_numpy(np.asarray(sample.image).max(axis=2) > 0)
+        assert bool(mask[bright].all())  # every pixel of the shape, edges too, is redrawn
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        assert rows[0] % 4 == 0 and (rows[-1] + 1) % 4 == 0 and cols[0] % 4 == 0 and (cols[-1] + 1) % 4 == 0
+        assert mask.sum() == len(rows) * len(cols)  # one rectangle
+
+
+def test_pooled_psnr_is_over_the_kept_pixels_only(load_benchmark):
+    eval_inpaint = load_benchmark("eval_inpaint")
+    inputs = torch.zeros(2, 3, 2, 2)
+    outputs = inputs.clone()
+    outputs[0, :, 0, 0] = 0.1  # kept pixel: error 0.1
+    outputs[1, :, 1, 1] = 1.0  # masked pixel: not counted
+    keep = torch.ones(2, 1, 2, 2)
+    keep[1, :, 1, 1] = 0
+    expected = 10 * math.log10(1 / (0.01 / 7))  # 7 kept pixels, one with squared error 0.01
+    assert eval_inpaint.pooled_psnr(outputs, inputs, keep) == pytest.approx(expected)
+
+
+def test_a_run_reports_hit_rates_and_both_psnrs(load_benchmark, tmp_path, capsys):
+    eval_inpaint = load_benchmark("eval_inpaint")
+    samples = list(generate_shapes(50, resolution=32, seed=0, split="val"))
+    targets = eval_inpaint.other_targets(samples, seed=3)
+    assert all(c != s.metadata["color"] and x != s.metadata["shape"] for (c, x), s in zip(targets, samples))
+    assert len(set(targets)) > 10  # drawn, not a fixed substitution
+    ckpt = save_tiny_image_conditioned(tmp_path / "inpaint.ckpt", "inpainting", seed=0)
+    out = tmp_path / "inpaint.json"
+    eval_inpaint.main(["--ckpt", str(ckpt), "--n", "3", "--steps", "1", "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["n"] == 3 and 0 <= result["asked_color_rate"] <= 1 and 0 < result["mask_fraction"] < 1
+    assert result["autoencoder_psnr_outside_mask"] > 0 and result["psnr_outside_mask"] > 0
+    assert "| asked color % |" in capsys.readouterr().out
