@@ -29,14 +29,12 @@ from ldm.benchmark.diffusers_compare import (
     agreement_errors,
     check_agreement,
     diffusers_networks,
+    sampling_cases,
 )
 from ldm.benchmark.networks import build_networks, prepare_networks
-from ldm.benchmark.sampling import GuidedSampling, sampling_case
 from ldm.benchmark.settings import resolve_settings
 from ldm.benchmark.training import training_step
-from ldm.config import BenchRunConfig, DiffusionConfig
-from ldm.diffusion.parametrization import DiscreteDenoiser
-from ldm.diffusion.schedules import alphas_cumprod_from_config
+from ldm.config import BenchRunConfig
 from ldm.training.config_store import compose_config
 
 KINDS = {
@@ -137,15 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if sampler is not None:
         networks.unet.eval()
-        theirs.unet.eval()
-        alphas_cumprod = alphas_cumprod_from_config(DiffusionConfig(**networks.hparams["diffusion"]))
-        their_denoiser = DiscreteDenoiser(theirs.network, alphas_cumprod, networks.denoiser.parameterization)
-        runs = {
-            "ours": sampling_case(networks, settings, sampler, batch),
-            "theirs": GuidedSampling(
-                their_denoiser, networks.autoencoder, sampler, networks, settings, batch
-            ),
-        }
+        runs = sampling_cases(networks, theirs, settings, sampler, batch)
         rows[f"guided sampling, {sampler.steps} steps, batch {batch}"] = {
             s: profile_calls(f, max(1, args.calls // 2)) for s, f in runs.items()
         }

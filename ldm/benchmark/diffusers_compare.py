@@ -253,17 +253,28 @@ def compare_sampling(
     batch_size: int,
 ) -> Measurement:
     """Guided sampler steps per second with our U-Net and with theirs, in the same denoiser and sampler."""
+    cases = sampling_cases(networks, theirs, settings, sampler, batch_size)
+    case = f"{name} x{sampler.steps}, guidance {sampler.guidance_scale:g}"
+    return paired(case, batch_size, cases, sampler.steps, "it/s", settings)
+
+
+def sampling_cases(
+    networks: BenchNetworks,
+    theirs: DiffusersNetworks,
+    settings: BenchSettings,
+    sampler: SamplerConfig,
+    batch_size: int,
+) -> dict[str, GuidedSampling]:
+    """Guided sampling runs of our U-Net ("ours") and theirs ("theirs") in the same denoiser and sampler."""
     theirs.unet.eval()
     alphas_cumprod = alphas_cumprod_from_config(DiffusionConfig(**networks.hparams["diffusion"]))
     their_denoiser = DiscreteDenoiser(theirs.network, alphas_cumprod, networks.denoiser.parameterization)
-    cases = {
+    return {
         "ours": sampling_case(networks, settings, sampler, batch_size),
         "theirs": GuidedSampling(
             their_denoiser.to(settings.device), networks.autoencoder, sampler, networks, settings, batch_size
         ),
     }
-    case = f"{name} x{sampler.steps}, guidance {sampler.guidance_scale:g}"
-    return paired(case, batch_size, cases, sampler.steps, "it/s", settings)
 
 
 def compare_autoencoder(
