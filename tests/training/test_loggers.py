@@ -100,6 +100,7 @@ def wandb_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
         base / "data",
         "logger=wandb",
         "autoencoder.disc_start=1",
+        "autoencoder.lr_schedule=constant",  # the shapes presets decay it; constant, the logged rate is the set one
         f"autoencoder.perceptual_weights={lpips_file}",
     )
     return run_dir, result
