@@ -205,6 +205,9 @@ class SpatialTransformer(nn.Module):
     so the block starts as the identity), residual. Projections are linear (SD 2) or 1x1 convs (SD 1).
     """
 
+    conditioned_on = "context"
+    """The second input of ``forward`` (read by ``TimestepEmbedSequential``)."""
+
     def __init__(
         self,
         in_channels: int,

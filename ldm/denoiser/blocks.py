@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ldm.denoiser.attention import SpatialTransformer
 from ldm.denoiser.conv import Conv2d
 from ldm.upsampling import upsample_conv
 
@@ -49,6 +48,9 @@ class ResBlock(nn.Module):
     The last conv is zero-initialised, so the block starts as its skip connection (1x1 conv when the
     channel count changes, else the identity).
     """
+
+    conditioned_on = "emb"
+    """The second input of ``forward`` (read by ``TimestepEmbedSequential``)."""
 
     def __init__(
         self,
@@ -121,9 +123,12 @@ class TimestepEmbedSequential(nn.Sequential):
     def forward(self, x: Tensor, emb: Tensor, context: Tensor) -> Tensor:  # type: ignore[override]
         """Apply each layer in turn: (b, c, h, w) -> (b, c', h', w')."""
         for layer in self:
-            if isinstance(layer, ResBlock):
+            # By attribute, not by type: FSDP's and activation checkpointing's wrappers pass attribute
+            # lookups through to the block they wrap, but are not instances of its class.
+            takes = getattr(layer, "conditioned_on", None)
+            if takes == "emb":
                 x = layer(x, emb)
-            elif isinstance(layer, SpatialTransformer):
+            elif takes == "context":
                 x = layer(x, context)
             else:
                 x = layer(x)

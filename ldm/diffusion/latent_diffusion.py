@@ -54,6 +54,12 @@ from ldm.samplers.distilled import DistilledSampling
 from ldm.samplers.noise import Generators
 
 
+def discrete_denoiser(denoiser: UNetConfig, diffusion: DiffusionConfig) -> DiscreteDenoiser:
+    """A new U-Net of architecture `denoiser`, wrapped for the schedule and parametrisation of `diffusion`."""
+    alphas_cumprod = alphas_cumprod_from_config(diffusion)
+    return DiscreteDenoiser(UNetModel.from_config(denoiser), alphas_cumprod, diffusion.parameterization)
+
+
 class LatentDiffusion(nn.Module):
     """The autoencoder, text encoder and denoising U-Net (and its EMA) of one model, built from configs."""
 
@@ -103,9 +109,8 @@ class LatentDiffusion(nn.Module):
             )
         alphas_cumprod = alphas_cumprod_from_config(diffusion)
         self.objective = DiffusionObjective.from_config(diffusion, alphas_cumprod)
-        self.model = DiscreteDenoiser(
-            UNetModel.from_config(denoiser), alphas_cumprod, diffusion.parameterization
-        )
+        self.denoiser_config = denoiser
+        self.model = discrete_denoiser(denoiser, diffusion)
         self.model_ema: Optional[ExponentialMovingAverage] = None
         if diffusion.ema:
             self.model_ema = ExponentialMovingAverage(

@@ -20,6 +20,7 @@ from ldm.data.latents import check_cache_text_encoder
 from ldm.data.quality import CORRUPT_KINDS, SKIP_KINDS, DataQualityError, SampleCounter, breakdown
 from ldm.inpainter import Inpainter
 from ldm.pipeline import Text2Image
+from ldm.training.strategy import unsharded_denoiser
 from ldm.upscaler import Upscaler
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,12 @@ class SampleGridCallback(pl.Callback):
 
     @torch.no_grad()
     def log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        self._last_step = trainer.global_step
+        self._last_step = trainer.global_step  # on every rank: under FSDP every rank takes part
+        with unsharded_denoiser(trainer, pl_module):
+            if trainer.is_global_zero:
+                self._sample_grid(trainer, pl_module)
+
+    def _sample_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         was_training = pl_module.training
         pl_module.eval()
         prompts = [p for p in self.prompts for _ in range(self.n_per_prompt)]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import FSDPStrategy
 
 from ldm.acceleration import accelerate_
 from ldm.diffusion.latent_diffusion import LatentDiffusion
@@ -60,6 +61,18 @@ class LatentDiffusionModule(LatentDiffusion, pl.LightningModule):
         super().optimizer_step(*args, **kwargs)
         if self.model_ema is not None and not self.step_skipped:
             self.model_ema.update(self.model.diffusion_model)
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        """Lightning's clipping, except under FSDP: there the root FSDP module clips by the norm of all
+        ranks' shards together (Lightning's FSDP precision refuses to clip by norm)."""
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"trainer.strategy=fsdp clips by norm only, not {gradient_clip_algorithm!r}")
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_validation_epoch_start(self) -> None:
         self._validation_weights.enter_context(self.ema_scope())

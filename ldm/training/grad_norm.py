@@ -4,8 +4,9 @@ It is measured right after the step's first backward pass, on the parameters of 
 optimizer: the U-Net's (and a trainable text encoder's) in stage 2; the autoencoder's in stage 1,
 whose module clips its own gradients before stepping and then runs the discriminator's backward
 pass (those gradients are left out). Under a gradient scaler (``16-mixed``) the gradients are still
-scaled at that point, so the norm is divided by the scale. One fused norm per step, no host sync:
-Lightning reads the value when it logs.
+scaled at that point, so the norm is divided by the scale. Under FSDP each rank holds a shard of
+the gradients: the squared norms of the shards are summed over the ranks. One fused norm per step,
+no host sync: Lightning reads the value when it logs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import FSDPStrategy
 
 
 def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
@@ -42,6 +44,8 @@ class GradientNorm(pl.Callback):
         self._pending = False
         parameters = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
         norm = gradient_norm(parameters)
+        if isinstance(getattr(trainer, "strategy", None), FSDPStrategy):
+            norm = trainer.strategy.reduce(norm.square(), reduce_op="sum").sqrt()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and scaler.is_enabled():
             norm = norm / scaler.get_scale()

@@ -11,6 +11,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any, Optional
 
+import torch
 from lightning_fabric.connector import _PRECISION_INPUT_STR
 
 from ldm.autoencoder.discriminator import DISC_NORMS
@@ -31,6 +32,7 @@ from ldm.diffusion.weighting import LOSS_WEIGHTINGS
 from ldm.optim import LR_SCHEDULES
 from ldm.samplers import SAMPLERS
 from ldm.samplers.sigmas import SCHEDULES, SPACINGS
+from ldm.training.precision import resolve_precision
 from ldm.training.throughput import check_window
 
 STAGES = ("all", "autoencoder", "diffusion", "distill")
@@ -72,6 +74,19 @@ def _one_of(key: str, value: Any, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         _fail(key, f"must be one of {', '.join(allowed)}", value)
+
+
+def _check_fsdp(config: TrainConfig) -> None:
+    """What FSDP cannot do yet: keep an EMA; mixed precision off CUDA (Lightning autocasts on CUDA only)."""
+    t = config.trainer
+    if t.strategy != "fsdp" or config.stage in ("autoencoder", "distill"):  # those stages run under DDP
+        return
+    if config.diffusion.ema:
+        _fail("diffusion.ema", "must be false under trainer.strategy=fsdp (no sharded EMA yet; or use ddp)", True)
+    precision = resolve_precision(t.precision, t.accelerator)
+    on_cuda = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if "mixed" in precision and not on_cuda:
+        _fail("trainer.precision", "under trainer.strategy=fsdp must be 32-true off CUDA", precision)
 
 
 def downsample_factor(autoencoder: AutoencoderConfig) -> int:
@@ -150,6 +165,7 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     _one_of("trainer.precision", config.trainer.precision, PRECISIONS)
     _one_of("trainer.strategy", config.trainer.strategy, STRATEGIES)
     _one_of("trainer.fsdp_sharding", config.trainer.fsdp_sharding, FSDP_SHARDINGS)
+    _check_fsdp(config)
     _at_least("trainer.accumulate_grad_batches", config.trainer.accumulate_grad_batches, 1)
     _at_least("trainer.num_nodes", config.trainer.num_nodes, 1)
     _at_least("trainer.checkpoint_every_n_steps", config.trainer.checkpoint_every_n_steps, 1)

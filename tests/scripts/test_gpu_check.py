@@ -114,7 +114,7 @@ def test_dry_run_records_every_step_and_the_environment(dry_run):
     if not torch.cuda.is_available():  # without CUDA every GPU test skips, none fails
         assert int(suite.get("skipped")) == int(suite.get("tests"))
     names = {case.get("name") for case in suite.iter("testcase")}
-    assert "test_fsdp_trains_as_one_process_and_its_checkpoint_samples" in names
+    assert "test_fsdp_on_cuda_trains_as_one_process" in names
     assert "test_debug_preset_trains_both_stages_in_bf16_on_cuda" in names
 
 

@@ -46,6 +46,28 @@ def test_impossible_values_stop_the_run_before_anything_is_built(tmp_path, overr
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()  # nothing generated
 
 
+FSDP = ["experiment=debug", "trainer.strategy=fsdp", "trainer.accelerator=cpu"]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ([*FSDP, "diffusion.ema=true"], "config: diffusion.ema must be false under trainer.strategy=fsdp (no sharded EMA yet; or use ddp) (got True)"),
+        (
+            [*FSDP, "trainer.precision=bf16-mixed"],
+            "config: trainer.precision under trainer.strategy=fsdp must be 32-true off CUDA (got 'bf16-mixed')",
+        ),
+    ],
+)
+def test_what_fsdp_cannot_do_yet_stops_the_run(tmp_path, overrides, message):
+    config = compose_config([*overrides, f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError) as error:
+        run(config, tmp_path / "run")
+    assert str(error.value) == message
+    check_config(compose_config(FSDP))  # what it can do passes
+    check_config(compose_config([*FSDP, "diffusion.ema=true", "stage=autoencoder"]))  # stage 1: DDP
+
+
 def test_the_defaults_and_presets_pass():
     for overrides in ([], ["experiment=debug"], ["experiment=sd2_base"], ["data=webdataset"]):
         check_config(compose_config(overrides))
