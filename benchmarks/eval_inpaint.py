@@ -10,9 +10,8 @@ and another shape ("a {color} {shape}", both drawn at random from the ones that 
 Reported: how often the shapes evaluator finds the asked colour and the asked shape, and the PSNR
 against the input outside the mask, pooled over all those pixels of all images, beside the
 autoencoder's own reconstruction PSNR on the same pixels (encode, decode; the best the model's
-latents can do there). Images whose mask covers everything count for the hit rates only.
---keep-unmasked holds the latent cells the mask does not touch to the input's own latents
-(``Inpainter(keep_unmasked=True)``). Prints a Markdown table; --out writes the JSON.
+latents can do there). Images whose mask covers everything count for the hit rates only. Prints a
+Markdown table; --out writes the JSON.
 """
 
 from __future__ import annotations
@@ -37,11 +36,7 @@ log = logging.getLogger("eval_inpaint")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags (--seed also draws the target colours and shapes)."""
-    parser = evaluation_parser("benchmarks/eval_inpaint.py", __doc__, "an inpainting")
-    parser.add_argument(
-        "--keep-unmasked", action="store_true", help="hold the unmasked latent cells to the input's latents"
-    )
-    return parser.parse_args(argv)
+    return evaluation_parser("benchmarks/eval_inpaint.py", __doc__, "an inpainting").parse_args(argv)
 
 
 def cells(centre: float, size: float, side: int, cell: int) -> slice:
@@ -93,11 +88,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         chunk = slice(start, min(start + args.batch_size, args.n))
         prompts = [f"a {color} {shape}" for color, shape in targets[chunk]]
         seeds = [args.seed + i for i in range(chunk.start, chunk.stop)]
-        results.append(
-            inpainter(
-                images[chunk], masks[chunk], prompts, seeds, sampler=sampler, keep_unmasked=args.keep_unmasked
-            )
-        )
+        results.append(inpainter(images[chunk], masks[chunk], prompts, seeds, sampler=sampler))
         with torch.no_grad():
             reconstructions.append(pipe.decode(pipe.encode(images[chunk])))
         log.info("inpainted %d of %d images", chunk.stop, args.n)
@@ -110,7 +101,6 @@ def evaluate(args: argparse.Namespace) -> dict:
         "n": args.n,
         "resolution": resolution,
         "sampler": vars(sampler),
-        "keep_unmasked": args.keep_unmasked,
         "asked_color_rate": score.color_accuracy,
         "asked_shape_rate": score.shape_accuracy,
         "psnr_outside_mask": pooled_psnr(from_uint8(result), images, keep),

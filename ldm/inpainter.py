@@ -3,10 +3,7 @@
 SD's inpainting pipeline: the mask (binarised at 0.5) and the latent of the image with its masked
 pixels blanked condition every denoising step of a chain started from pure noise
 (``ldm.conditioning.inpainting``); classifier-free guidance drops the prompt only. The model is
-asked to keep the unmasked part; by default nothing is pasted back, so what it keeps is what it
-draws. With ``keep_unmasked`` the latent cells that the mask does not touch are held to the input's
-own latents (``ldm.samplers.known``): there the result is the autoencoder's reconstruction of the
-input, and the model draws the rest around it. Used by
+asked to keep the unmasked part; nothing is pasted back, so what it keeps is what it draws. Used by
 ``python -m ldm.sample inpaint`` (``scripts/inpaint.py``), the training sample grids and
 ``benchmarks/eval_inpaint.py``. Every image has its own seed, as in ``Text2Image``.
 """
@@ -18,7 +15,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldm.conditioning.inpainting import InpaintingConditioner, binary_masks, check_masks
@@ -70,11 +66,9 @@ class Inpainter:
         sampler: Optional[SamplerConfig] = None,
         negative_prompt: str = "",
         callback: Optional[Callable[[dict], None]] = None,
-        keep_unmasked: bool = False,
     ) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1]: `images` (same shape and range) with the parts where `masks`
-        [B, 1, H, W] is >= 0.5 redrawn, one per (image, mask, prompt, seed); `keep_unmasked`: the
-        latent cells without a masked pixel held to the input's latents."""
+        [B, 1, H, W] is >= 0.5 redrawn, one per (image, mask, prompt, seed)."""
         sampler = sampler or self.pipe.sampler
         check_images(images)
         check_masks(masks, images)
@@ -87,14 +81,8 @@ class Inpainter:
         generators = per_sample_generators(seeds)
         x = self.pipe.initial_noise(generators, height, width, sigmas[0])
         device_images = images.to(self.pipe.device, torch.float32) * 2 - 1
-        binary = binary_masks(masks.float())
-        image = self.conditioner(device_images, binary, self.encode)
-        known = None
-        if keep_unmasked:
-            latents = self.pipe.encode(images)
-            touched = F.adaptive_max_pool2d(binary.to(latents.device), latents.shape[-2:])  # any masked pixel
-            known = (latents, 1 - touched)
+        image = self.conditioner(device_images, binary_masks(masks.float()), self.encode)
         latents = self.pipe.denoise(
-            x, sigmas, prompts, generators, sampler, negative_prompt, callback, image=image, known=known
+            x, sigmas, prompts, generators, sampler, negative_prompt, callback, image=image
         )
         return self.pipe.decode(latents)

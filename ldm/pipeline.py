@@ -29,7 +29,6 @@ from ldm.diffusion.channel_normalization import denormalize, normalize
 from ldm.samplers import get_sampler
 from ldm.samplers.distilled import DistilledSampling, GuidanceInputDenoiser
 from ldm.samplers.guidance import CFGDenoiser
-from ldm.samplers.known import KnownRegion
 from ldm.samplers.noise import per_sample_generators
 from ldm.samplers.sigmas import get_sigmas
 
@@ -224,12 +223,10 @@ class Text2Image:
         negative_prompt: str = "",
         callback: Optional[Callable[[dict], None]] = None,
         image: Optional[ImageConditioning] = None,
-        known: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Latents x at sigmas[0] -> latents at sigmas[-1], with classifier-free guidance (or, for a
         guidance-distilled student, the scale as the network's input); an image-conditioned model's
-        `image` conditions both guidance branches. `known` = (latents, keep): the guided estimate is
-        those latents wherever keep is 1 (``ldm.samplers.known``)."""
+        `image` conditions both guidance branches."""
         sample_fn = get_sampler(sampler.name)
         context = self.text_encoder(list(prompts))
         if self.distilled is not None and self.distilled.guided:
@@ -240,8 +237,6 @@ class Text2Image:
             uncond = self.text_encoder([negative_prompt] * len(prompts))
         if image is not None:
             context = Conditioning(context, image)
-        if known is not None:
-            guided = KnownRegion(guided, *known)
         options = {} if sampler.eta is None else {"eta": sampler.eta}
         accepted = inspect.signature(sample_fn).parameters
         options = {k: v for k, v in options.items() if k in accepted}  # eta only where it applies

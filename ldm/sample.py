@@ -129,11 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument(
         "--mask", type=str, required=True, help="a mask as large as the image: white = redraw, black = keep"
     )
-    paint.add_argument(
-        "--keep-unmasked",
-        action="store_true",
-        help="hold the latent cells the mask does not touch to the image's own (else the model redraws them too)",
-    )
     add_sampling_args(paint, outdir="outputs/inpaint-samples", steps_help=steps_help)
     return p
 
@@ -332,7 +327,6 @@ def inpaint(args: argparse.Namespace) -> list[Path]:
             sampler=sampler,
             negative_prompt=args.negative_prompt,
             callback=callback,
-            keep_unmasked=args.keep_unmasked,
         )
 
     return write_samples(args, prompts, sampler.steps, f"{sampler.name} x{sampler.steps}", generate)
