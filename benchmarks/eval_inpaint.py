@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ldm.cli import run_command
 from ldm.data.shapes import COLORS, SHAPES, ShapeSample, generate_shapes
@@ -96,6 +97,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     result, reconstruction = (to_uint8(torch.cat(x)) for x in (results, reconstructions))
     score = score_images(result, [t[0] for t in targets], [t[1] for t in targets])
     keep = 1 - masks
+    beyond = 1 - F.max_pool2d(masks, 2 * cell + 1, stride=1, padding=cell)  # f pixels or more away
+    outputs, reconstructed = from_uint8(result), from_uint8(reconstruction)
     return {
         "ckpt": str(args.ckpt),
         "n": args.n,
@@ -103,8 +106,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         "sampler": vars(sampler),
         "asked_color_rate": score.color_accuracy,
         "asked_shape_rate": score.shape_accuracy,
-        "psnr_outside_mask": pooled_psnr(from_uint8(result), images, keep),
-        "autoencoder_psnr_outside_mask": pooled_psnr(from_uint8(reconstruction), images, keep),
+        "psnr_outside_mask": pooled_psnr(outputs, images, keep),
+        "autoencoder_psnr_outside_mask": pooled_psnr(reconstructed, images, keep),
+        "psnr_beyond_one_cell": pooled_psnr(outputs, images, beyond),
+        "autoencoder_psnr_beyond_one_cell": pooled_psnr(reconstructed, images, beyond),
         "mask_fraction": float(masks.mean()),
         "fully_masked_images": int((keep.flatten(1).sum(1) == 0).sum()),
     }
@@ -120,7 +125,9 @@ def markdown_table(result: dict) -> str:
         "difference dB |\n"
         "|---:|---:|---:|---:|---:|\n"
         f"| {100 * result['asked_color_rate']:.1f} | {100 * result['asked_shape_rate']:.1f} | "
-        f"{result['psnr_outside_mask']:.2f} | {result['autoencoder_psnr_outside_mask']:.2f} | {gap:+.2f} |\n"
+        f"{result['psnr_outside_mask']:.2f} | {result['autoencoder_psnr_outside_mask']:.2f} | {gap:+.2f} |\n\n"
+        f"Beyond one latent cell of the mask: {result['psnr_beyond_one_cell']:.2f} dB (the autoencoder's "
+        f"{result['autoencoder_psnr_beyond_one_cell']:.2f} dB)\n"
     )
 
 

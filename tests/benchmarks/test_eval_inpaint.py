@@ -48,4 +48,5 @@ def test_a_run_reports_hit_rates_and_both_psnrs(load_benchmark, tmp_path, capsys
     result = json.loads(out.read_text())
     assert result["n"] == 3 and 0 <= result["asked_color_rate"] <= 1 and 0 < result["mask_fraction"] < 1
     assert result["autoencoder_psnr_outside_mask"] > 0 and result["psnr_outside_mask"] > 0
+    assert result["autoencoder_psnr_beyond_one_cell"] > 0 and result["psnr_beyond_one_cell"] > 0
     assert "| asked color % |" in capsys.readouterr().out
