@@ -16,8 +16,12 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """Lightning's precision string; `auto` is bf16-mixed where CUDA supports bf16 (and is used), else 32-true."""
     if precision != "auto":
         return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if uses_cuda(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning's `accelerator` setting puts the run on a CUDA device on this machine."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def fused_allowed(trainer: Optional[pl.Trainer], gradient_clip_val: Optional[float]) -> bool:

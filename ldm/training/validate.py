@@ -11,7 +11,6 @@ import typing
 from collections.abc import Iterable
 from typing import Any, Optional
 
-import torch
 from lightning_fabric.connector import _PRECISION_INPUT_STR
 
 from ldm.autoencoder.discriminator import DISC_NORMS
@@ -32,7 +31,7 @@ from ldm.diffusion.weighting import LOSS_WEIGHTINGS
 from ldm.optim import LR_SCHEDULES
 from ldm.samplers import SAMPLERS
 from ldm.samplers.sigmas import SCHEDULES, SPACINGS
-from ldm.training.precision import resolve_precision
+from ldm.training.precision import resolve_precision, uses_cuda
 from ldm.training.throughput import check_window
 
 STAGES = ("all", "autoencoder", "diffusion", "distill")
@@ -84,8 +83,7 @@ def _check_fsdp(config: TrainConfig) -> None:
     if config.diffusion.ema:
         _fail("diffusion.ema", "must be false under trainer.strategy=fsdp (no sharded EMA yet; or use ddp)", True)
     precision = resolve_precision(t.precision, t.accelerator)
-    on_cuda = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if "mixed" in precision and not on_cuda:
+    if "mixed" in precision and not uses_cuda(t.accelerator):
         _fail("trainer.precision", "under trainer.strategy=fsdp must be 32-true off CUDA", precision)
 
 
