@@ -30,7 +30,7 @@ from ldm.eval.evaluate import to_uint8
 from ldm.eval.image_tasks import evaluation_parser, from_uint8, run_evaluation
 from ldm.eval.shapes import score_images
 from ldm.inpainter import Inpainter
-from ldm.samplers.presets import sampler_preset
+from ldm.samplers.presets import sampler_from_args
 
 log = logging.getLogger("eval_inpaint")
 
@@ -76,7 +76,7 @@ def pooled_psnr(outputs: torch.Tensor, inputs: torch.Tensor, keep: torch.Tensor)
 def evaluate(args: argparse.Namespace) -> dict:
     """Inpaint the validation split and measure; returns the result (see the module docstring)."""
     inpainter = Inpainter.from_checkpoint(args.ckpt, device=args.device)
-    sampler = sampler_preset(inpainter.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    sampler = sampler_from_args(inpainter.sampler, args)
     pipe = inpainter.pipe
     resolution, cell = pipe.image_size, pipe.autoencoder.downsample_factor
     pipe.check_request(sampler, resolution, resolution)

@@ -27,7 +27,7 @@ from ldm.data.shapes import generate_shapes
 from ldm.eval.evaluate import to_uint8
 from ldm.eval.image_tasks import evaluation_parser, from_uint8, run_evaluation
 from ldm.eval.shapes import score_images
-from ldm.samplers.presets import sampler_preset
+from ldm.samplers.presets import sampler_from_args
 from ldm.upscaler import Upscaler
 
 log = logging.getLogger("eval_sr")
@@ -65,7 +65,7 @@ def image_metrics(outputs: list[np.ndarray], originals: list[np.ndarray]) -> dic
 def evaluate(args: argparse.Namespace) -> dict:
     """Upsample the validation split every way and measure; returns the result (see the docstring)."""
     upscaler = Upscaler.from_checkpoint(args.ckpt, device=args.device)
-    sampler = sampler_preset(upscaler.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    sampler = sampler_from_args(upscaler.sampler, args)
     noise_level = upscaler.noise_level if args.noise_level is None else args.noise_level
     resolution, factor = upscaler.pipe.image_size, upscaler.factor
     samples = list(generate_shapes(args.n, resolution=resolution, seed=args.data_seed, split="val"))

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ldm.cli import command_parser, run_command
 from ldm.inpainter import Inpainter
 from ldm.pipeline import Text2Image, img2img_steps
-from ldm.samplers.presets import sampler_preset
+from ldm.samplers.presets import add_sampler_args, sampler_from_args
 from ldm.upscaler import Upscaler
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,7 @@ def add_sampling_args(p: argparse.ArgumentParser, *, outdir: str, steps_help: st
         "--n_samples", type=int, default=4, help="images per prompt per iteration (the batch size)"
     )
     p.add_argument("--n_iter", type=int, default=1, help="iterations (batches) per prompt")
-    p.add_argument("--steps", type=int, default=None, help=steps_help)
-    p.add_argument(
-        "--scale", type=float, default=None, help="classifier-free guidance scale (default: the sampler's)"
-    )
-    p.add_argument(
-        "--sampler", type=str, default=None, help="a preset of conf/sampler (default: the checkpoint's)"
-    )
+    add_sampler_args(p, steps_help=steps_help)
     p.add_argument("--seed", type=int, default=42, help="seed of the first image; image k uses seed + k")
     p.add_argument("--device", type=str, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
@@ -237,7 +231,7 @@ def txt2img(args: argparse.Namespace) -> list[Path]:
     check_arguments(args)
     prompts = read_prompts(args)
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
-    sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    sampler = sampler_from_args(pipe.sampler, args)
     pipe.check_request(sampler, args.H, args.W, args.negative_prompt)
 
     def generate(prompt: str, seeds: list[int], callback: Callable[[Any], None]) -> torch.Tensor:
@@ -259,7 +253,7 @@ def img2img(args: argparse.Namespace) -> list[Path]:
     check_arguments(args)
     prompts = read_prompts(args)
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
-    sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    sampler = sampler_from_args(pipe.sampler, args)
     init = load_image(args.init_img, pipe.autoencoder.downsample_factor, args.H, args.W)
     pipe.check_request(sampler, *init.shape[-2:], args.negative_prompt)
 
@@ -283,7 +277,7 @@ def upscale(args: argparse.Namespace) -> list[Path]:
     check_arguments(args)
     prompts = read_prompts(args)
     upscaler = Upscaler.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
-    sampler = sampler_preset(upscaler.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    sampler = sampler_from_args(upscaler.sampler, args)
     low_res = to_tensor(open_image(args.init_img))
     upscaler.check_request(sampler, *low_res.shape[-2:], args.negative_prompt)
 
@@ -313,7 +307,7 @@ def inpaint(args: argparse.Namespace) -> list[Path]:
             f"{image.size[0]}x{image.size[1]}: they must be the same size"
         )
     inpainter = Inpainter.from_checkpoint(args.ckpt, device=args.device, compile=args.compile)
-    sampler = sampler_preset(inpainter.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    sampler = sampler_from_args(inpainter.sampler, args)
     init, masks = to_tensor(image), to_tensor(mask)
     inpainter.pipe.check_request(sampler, *init.shape[-2:], args.negative_prompt)
 

@@ -25,7 +25,7 @@ from ldm.eval.evaluate import evaluate_seed_sets, seed_set_report
 from ldm.eval.metrics import add_metric_arguments, check_metric_arguments, metrics_from_arguments
 from ldm.eval.shapes import SHAPE_PROMPTS
 from ldm.pipeline import Text2Image
-from ldm.samplers.presets import sampler_preset
+from ldm.samplers.presets import add_sampler_args, sampler_from_args
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -36,9 +36,7 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--n_per_prompt", type=int, default=8, help="samples per prompt")
     p.add_argument("--seed", type=int, default=None, help="sample j of each prompt uses seed + j (default 0)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seed sets, each as --seed")
-    p.add_argument("--sampler", default=None, help="a preset of conf/sampler (default: the checkpoint's)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the sampler's)")
-    p.add_argument("--scale", type=float, default=None, help="guidance scale (default: the sampler's)")
+    add_sampler_args(p)
     p.add_argument("--batch_size", type=int, default=48, help="images per sampling batch")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
@@ -53,7 +51,7 @@ def run(argv: list[str] | None = None) -> dict:
         p.error("--suite compose takes one seed set and no --metrics")
 
     pipe = Text2Image.from_checkpoint(args.ckpt, device=args.device)
-    sampler = sampler_preset(pipe.sampler, args.sampler, steps=args.steps, guidance_scale=args.scale)
+    sampler = sampler_from_args(pipe.sampler, args)
     if args.suite == "compose":
         return run_compose(args, pipe, sampler, seeds[0])
     scores, images = evaluate_seed_sets(

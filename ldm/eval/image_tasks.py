@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ldm.cli import command_parser
+from ldm.samplers.presets import add_sampler_args
 
 
 def evaluation_parser(prog: str, description: str | None, what: str) -> argparse.ArgumentParser:
@@ -22,9 +23,7 @@ def evaluation_parser(prog: str, description: str | None, what: str) -> argparse
     p.add_argument("--ckpt", required=True, help=f"{what} stage-2 checkpoint")
     p.add_argument("--n", type=int, default=512, help="validation images (the shapes preset has 512)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the shapes set (data.seed)")
-    p.add_argument("--sampler", default=None, help="a preset of conf/sampler (default: the checkpoint's)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the sampler's)")
-    p.add_argument("--scale", type=float, default=None, help="guidance scale (default: the sampler's)")
+    add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k is sampled with seed + k")
     p.add_argument("--batch_size", type=int, default=64, help="images per sampling batch")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
