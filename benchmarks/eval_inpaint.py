@@ -10,8 +10,14 @@ and another shape ("a {color} {shape}", both drawn at random from the ones that 
 Reported: how often the shapes evaluator finds the asked colour and the asked shape, and the PSNR
 against the input outside the mask, pooled over all those pixels of all images, beside the
 autoencoder's own reconstruction PSNR on the same pixels (encode, decode; the best the model's
-latents can do there). Images whose mask covers everything count for the hit rates only. Prints a
-Markdown table; --out writes the JSON.
+latents can do there). Images whose mask covers everything count for the hit rates only.
+
+Also reported, without sampling, the bound of any inpainter that works in this autoencoder's latent
+space: the ideal result (the input with the asked shape drawn in the old shape's box, so equal to the
+input outside the mask) encoded and decoded, and the input's latents with only the masked cells
+taken from the ideal result's, decoded. Their PSNR outside the mask is what a perfect model could
+reach there: the decoder spreads new content in the masked cells a few pixels past the mask's edge.
+Prints a Markdown table; --out writes the JSON.
 """
 
 from __future__ import annotations
@@ -19,13 +25,22 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ldm.cli import run_command
-from ldm.data.shapes import COLORS, SHAPES, ShapeSample, generate_shapes
+from ldm.data.shapes import (
+    COLORS,
+    SHAPES,
+    SUPERSAMPLE,
+    ShapeLayout,
+    ShapeSample,
+    generate_shapes,
+    render_shape,
+)
 from ldm.eval.evaluate import to_uint8
 from ldm.eval.image_tasks import evaluation_parser, from_uint8, run_evaluation
 from ldm.eval.shapes import score_images
@@ -66,6 +81,36 @@ def other_targets(samples: list[ShapeSample], seed: int) -> list[tuple[str, str]
     return targets
 
 
+def ideal_results(samples: list[ShapeSample], targets: list[tuple[str, str]]) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1]: each sample's image with its shape replaced by the target colour and
+    shape, drawn in the same box (so the image is unchanged outside the box)."""
+    ideal = []
+    for sample, (color, shape) in zip(samples, targets, strict=True):
+        meta = sample.metadata
+        canvas = meta["width"] * SUPERSAMPLE
+        side = round(meta["size"] * canvas)
+        left, top = round(meta["cx"] * canvas - side / 2), round(meta["cy"] * canvas - side / 2)
+        layout = ShapeLayout(shape, color, side, left, top, meta["width"], template=0)
+        ideal.append(np.asarray(render_shape(layout)))
+    return from_uint8(ideal)
+
+
+def latent_bound(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    ideal: torch.Tensor,
+    masks: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ideal results through the autoencoder, and the input's latents with the masked cells' latents
+    taken from the ideal results', decoded (both [B, 3, H, W] in [0, 1]; `masks` cover whole cells)."""
+    with torch.no_grad():
+        inputs, wanted = encode(images), encode(ideal)
+        cell = images.shape[-1] // inputs.shape[-1]
+        masked_cells = F.max_pool2d(masks, cell).to(inputs.device) > 0.5
+        return decode(wanted), decode(torch.where(masked_cells, wanted, inputs))
+
+
 def pooled_psnr(outputs: torch.Tensor, inputs: torch.Tensor, keep: torch.Tensor) -> float:
     """PSNR (dB, peak 1) of the mean squared error over the pixels where `keep` is 1, all images pooled."""
     squared = (outputs - inputs).square() * keep  # keep broadcasts over the 3 channels
@@ -84,7 +129,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     images = from_uint8([np.asarray(s.image) for s in samples])
     masks = torch.stack([shape_mask(s, cell) for s in samples])
     targets = other_targets(samples, args.seed)
-    results, reconstructions = [], []
+    ideal = ideal_results(samples, targets)
+    results, reconstructions, ideal_decoded, composites = [], [], [], []
     for start in range(0, args.n, args.batch_size):
         chunk = slice(start, min(start + args.batch_size, args.n))
         prompts = [f"a {color} {shape}" for color, shape in targets[chunk]]
@@ -92,6 +138,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         results.append(inpainter(images[chunk], masks[chunk], prompts, seeds, sampler=sampler))
         with torch.no_grad():
             reconstructions.append(pipe.decode(pipe.encode(images[chunk])))
+        decoded, composite = latent_bound(pipe.encode, pipe.decode, images[chunk], ideal[chunk], masks[chunk])
+        ideal_decoded.append(decoded)
+        composites.append(composite)
         log.info("inpainted %d of %d images", chunk.stop, args.n)
     # 8-bit, as written files would be
     result, reconstruction = (to_uint8(torch.cat(x)) for x in (results, reconstructions))
@@ -99,6 +148,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     keep = 1 - masks
     beyond = 1 - F.max_pool2d(masks, 2 * cell + 1, stride=1, padding=cell)  # f pixels or more away
     outputs, reconstructed = from_uint8(result), from_uint8(reconstruction)
+    ideal_decoded, composite = (from_uint8(to_uint8(torch.cat(x))) for x in (ideal_decoded, composites))
     return {
         "ckpt": str(args.ckpt),
         "n": args.n,
@@ -110,6 +160,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "autoencoder_psnr_outside_mask": pooled_psnr(reconstructed, images, keep),
         "psnr_beyond_one_cell": pooled_psnr(outputs, images, beyond),
         "autoencoder_psnr_beyond_one_cell": pooled_psnr(reconstructed, images, beyond),
+        "ideal_result_psnr_outside_mask": pooled_psnr(ideal_decoded, images, keep),
+        "ideal_latents_psnr_outside_mask": pooled_psnr(composite, images, keep),
         "mask_fraction": float(masks.mean()),
         "fully_masked_images": int((keep.flatten(1).sum(1) == 0).sum()),
     }
@@ -127,7 +179,10 @@ def markdown_table(result: dict) -> str:
         f"| {100 * result['asked_color_rate']:.1f} | {100 * result['asked_shape_rate']:.1f} | "
         f"{result['psnr_outside_mask']:.2f} | {result['autoencoder_psnr_outside_mask']:.2f} | {gap:+.2f} |\n\n"
         f"Beyond one latent cell of the mask: {result['psnr_beyond_one_cell']:.2f} dB (the autoencoder's "
-        f"{result['autoencoder_psnr_beyond_one_cell']:.2f} dB)\n"
+        f"{result['autoencoder_psnr_beyond_one_cell']:.2f} dB)\n\n"
+        "The bound of a perfect latent-space inpainter, outside the mask: the ideal result encoded and "
+        f"decoded {result['ideal_result_psnr_outside_mask']:.2f} dB; the input's latents with the ideal "
+        f"result's in the masked cells {result['ideal_latents_psnr_outside_mask']:.2f} dB\n"
     )
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ldm.data.shapes import generate_shapes
 from tests.conftest import save_tiny_image_conditioned
@@ -49,4 +50,35 @@ def test_a_run_reports_hit_rates_and_both_psnrs(load_benchmark, tmp_path, capsys
     assert result["n"] == 3 and 0 <= result["asked_color_rate"] <= 1 and 0 < result["mask_fraction"] < 1
     assert result["autoencoder_psnr_outside_mask"] > 0 and result["psnr_outside_mask"] > 0
     assert result["autoencoder_psnr_beyond_one_cell"] > 0 and result["psnr_beyond_one_cell"] > 0
+    assert result["ideal_result_psnr_outside_mask"] > 0 and result["ideal_latents_psnr_outside_mask"] > 0
     assert "| asked color % |" in capsys.readouterr().out
+
+
+def test_the_ideal_result_keeps_the_input_outside_the_mask_and_shows_the_target(load_benchmark):
+    eval_inpaint = load_benchmark("eval_inpaint")
+    from ldm.eval.evaluate import to_uint8
+    from ldm.eval.shapes import score_images
+
+    samples = list(generate_shapes(40, resolution=32, seed=0, split="val"))
+    targets = eval_inpaint.other_targets(samples, seed=1)
+    ideal = eval_inpaint.ideal_results(samples, targets)
+    images = torch.stack([torch.from_numpy(np.asarray(s.image)).permute(2, 0, 1).float() / 255 for s in samples])
+    masks = torch.stack([eval_inpaint.shape_mask(s, 4) for s in samples])
+    assert torch.equal(ideal * (1 - masks), images * (1 - masks))
+    assert not torch.equal(ideal, images)
+    score = score_images(to_uint8(ideal), [t[0] for t in targets], [t[1] for t in targets])
+    assert score.color_accuracy == 1.0 and score.shape_accuracy == 1.0
+
+
+def test_the_latent_bound_takes_only_the_masked_cells_from_the_ideal(load_benchmark):
+    eval_inpaint = load_benchmark("eval_inpaint")
+    images, ideal = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, :, 4:12, 0:8] = 1  # whole 4x4 cells
+    masks[1, :, 8:16, 8:16] = 1
+    # A lossless "autoencoder" with f = 4: pixels to 48 channels per cell and back.
+    decoded, composite = eval_inpaint.latent_bound(
+        lambda x: F.pixel_unshuffle(x, 4), lambda z: F.pixel_shuffle(z, 4), images, ideal, masks
+    )
+    assert torch.equal(decoded, ideal)
+    assert torch.equal(composite, torch.where(masks > 0.5, ideal, images))
