@@ -15,8 +15,9 @@ latents can do there). Images whose mask covers everything count for the hit rat
 Also reported, without sampling, the bound of any inpainter that works in this autoencoder's latent
 space: the ideal result (the input with the asked shape drawn in the old shape's box, so equal to the
 input outside the mask) encoded and decoded, and the input's latents with only the masked cells
-taken from the ideal result's, decoded. Their PSNR outside the mask is what a perfect model could
-reach there: the decoder spreads new content in the masked cells a few pixels past the mask's edge.
+taken from the ideal result's, decoded. The first is what a perfect model could reach outside the
+mask; the second, what keeping the input's latents there gives: the latents are not local (each
+cell carries some of its neighbours' content), so a splice decodes worse than a whole new encoding.
 Prints a Markdown table; --out writes the JSON.
 """
 
