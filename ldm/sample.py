@@ -135,6 +135,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 1, got {value}")
     if args.scale is not None and not args.scale >= 0:
         raise ValueError(f"--scale must be >= 0, got {args.scale}")
+    if args.rescale is not None and not 0.0 <= args.rescale <= 1.0:
+        raise ValueError(f"--rescale must be in [0, 1], got {args.rescale}")
     strength = getattr(args, "strength", None)
     if strength is not None and not 0.0 <= strength <= 1.0:
         raise ValueError(f"--strength must be in [0, 1], got {strength}")
