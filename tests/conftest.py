@@ -171,6 +171,19 @@ def train_on_debug_data(debug_run: Path, run_dir: Path, *overrides: str) -> subp
     return run_cli([*args, "trainer.enable_progress_bar=false", *overrides])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _inductor_cache_in_the_test_folder(tmp_path_factory):
+    """torch.compile's inductor writes its cache to /tmp/torchinductor_$USER, where it outlives the run
+    and grows by gigabytes over repeated runs; a run of the suite keeps it in its own temporary folder
+    (removed with it), unless the caller chose a cache folder."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
+    yield
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+
 @pytest.fixture(scope="session")
 def debug_run(tmp_path_factory) -> Path:
     """The run directory of `python -m ldm.train experiment=debug` (trained once per session)."""
