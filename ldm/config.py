@@ -165,6 +165,9 @@ class ConditionerConfig:
     """custom arch: transformer layers."""
     init_seed: int = 0
     """Seed for random initialisation (pretrained: null)."""
+    causal: bool = True
+    """Causal self-attention, as CLIP's text towers (a token sees only the tokens before it). false
+    (custom arch only): every token sees the whole caption, padding excluded, as a T5/BERT encoder."""
     caption_dropout: float = 0.1
     """Probability that a training caption is replaced by the empty prompt (for classifier-free guidance)."""
     trainable: bool = False

@@ -212,6 +212,12 @@ class OpenCLIPTextEncoder(nn.Module):
             raise ValueError(f"unknown conditioner layer '{cfg.layer}'; available: {', '.join(LAYERS)}")
         if not 0.0 <= cfg.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {cfg.caption_dropout}")
+        if not cfg.causal and cfg.arch != "custom":
+            raise ValueError(
+                f"conditioner.causal=false needs conditioner.arch=custom: open_clip's '{cfg.arch}' was "
+                "trained with the causal mask"
+            )
+        self.causal = cfg.causal
         self.model = _build_clip(cfg)
         self.layer_index = 1 if cfg.layer == "penultimate" else 0
         self.context_length = self.model.positional_embedding.shape[0]
@@ -253,7 +259,19 @@ class OpenCLIPTextEncoder(nn.Module):
         device = self.model.token_embedding.weight.device
         tokens = self.tokenize(captions).to(device)
         x = self.model.token_embedding(tokens) + self.model.positional_embedding  # [B, T, D]
+        mask = self.model.attn_mask if self.causal else self._padding_mask(tokens)
         blocks = self.model.transformer.resblocks
         for block in blocks[: len(blocks) - self.layer_index]:
-            x = block(x, attn_mask=self.model.attn_mask)
+            x = block(x, attn_mask=mask)
         return self.model.ln_final(x)
+
+    def _padding_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Additive attention mask [B x heads, T, T] of a bidirectional tower: no token attends to the
+        padding after a caption's end-of-text token (every query sees all of its caption)."""
+        eot = self.tokenizer.eot_token_id
+        batch, length = tokens.shape
+        end = (tokens == eot).int().argmax(dim=1)  # the first end-of-text; truncated captions end in one
+        padding = torch.arange(length, device=tokens.device)[None, :] > end[:, None]  # [B, T]
+        mask = torch.zeros(padding.shape, device=tokens.device).masked_fill(padding, float("-inf"))
+        heads = self.model.transformer.resblocks[0].attn.num_heads
+        return mask[:, None, None, :].expand(batch, heads, length, length).reshape(-1, length, length)

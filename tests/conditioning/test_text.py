@@ -139,3 +139,29 @@ def test_without_pretrained_keeps_the_network():
     assert without_pretrained(ConditionerConfig()).arch == "ViT-H-14"  # SD 2's tag needs no QuickGELU
     openai = without_pretrained(ConditionerConfig(arch="ViT-L-14", pretrained="openai"))
     assert (openai.arch, openai.pretrained) == ("ViT-L-14-quickgelu", None)
+
+
+def test_bidirectional_tower_sees_the_whole_caption_and_not_the_padding():
+    enc = OpenCLIPTextEncoder(dataclasses.replace(TINY, causal=False))
+    captions = ["a red circle to the left of a blue square", "a green triangle", ""]
+    states = enc(captions)
+    # Independent reference: each caption alone, cut at its end-of-text token, through the blocks
+    # with no mask at all; its tokens' states must be those of the padded batch.
+    m = enc.model
+    for row, tokens in enumerate(enc.tokenize(captions)):
+        n = int((tokens == enc.tokenizer.eot_token_id).nonzero()[0]) + 1
+        x = m.token_embedding(tokens[None, :n]) + m.positional_embedding[:n]
+        for block in m.transformer.resblocks[:2]:
+            x = block(x)
+        torch.testing.assert_close(states[row, :n], m.ln_final(x)[0], rtol=1e-5, atol=1e-5)
+    # The first object's tokens (positions 1-3) know the relation word only without the causal mask.
+    causal = OpenCLIPTextEncoder(TINY)
+    causal.load_state_dict(enc.state_dict())
+    pair = ["a red circle to the left of a blue square", "a red circle to the right of a blue square"]
+    assert (enc(pair)[0, 1:4] - enc(pair)[1, 1:4]).abs().max() > 1e-3
+    torch.testing.assert_close(causal(pair)[0, 1:4], causal(pair)[1, 1:4])
+
+
+def test_bidirectional_needs_the_custom_tower():
+    with pytest.raises(ValueError, match="causal=false needs conditioner.arch=custom"):
+        OpenCLIPTextEncoder(ConditionerConfig(arch="ViT-B-32", pretrained=None, causal=False))
