@@ -11,14 +11,15 @@ U-Net's forward and backward pass on the latents, attending to a context of the 
 length and width; and the frozen text encoder's forward pass on one caption. Training from cached
 latents skips the first; if a step's time follows its FLOPs, caching speeds a step up by at most
 (encoder + text + U-Net step) / (text + U-Net step), and caching the text embeddings too
-(``--text``) by at most (encoder + text + U-Net step) / U-Net step. Left out, being the same either
-way: the loss and the optimizer.
+(``--text``) by at most (encoder + text + U-Net step) / U-Net step. Left out of the FLOPs, being the
+same either way: the loss and the optimizer.
 
 FLOPs are a ceiling only if every network runs at the same FLOP rate. ``--time`` also times the three
-on this machine with real tensors (random weights, ``--batch-size`` images, the median of
-``--repeats`` after one untimed run): the encoders' forward passes without gradients, and the U-Net's
-forward and backward pass (fp32, gradient checkpointing as configured), and gives the same two
-ceilings in seconds.
+on this machine with real tensors (random weights, ``--batch-size`` images): the encoders' forward
+passes without gradients, and the U-Net's training step as a run takes it (forward, loss, backward and
+the AdamW step, fp32, gradient checkpointing as configured), in ``--repeats`` alternating rounds after
+one untimed round, and gives the same two ceilings in seconds: the median over rounds of each round's
+ratio, so that a slow moment of the machine falls on all three networks of a round alike.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ from ldm.conditioning.text import OpenCLIPTextEncoder
 from ldm.config import TrainConfig
 from ldm.denoiser.unet import UNetModel
 from ldm.flops import FlopCount
+from ldm.optim import adamw
 from ldm.training.config_store import compose_config
 
 
@@ -104,20 +105,17 @@ def _encoder_share(config: TrainConfig, resolutions: list[int]) -> list[dict]:
     return rows
 
 
-def _median_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The median of `repeats` timed runs after one untimed run (first-call allocations)."""
-    return median(time_rounds({"run": run}, rounds=repeats, warmup=1)["run"])
-
-
-def time_components(config: TrainConfig, resolution: int, batch_size: int, repeats: int = 3) -> dict:
+def time_components(config: TrainConfig, resolution: int, batch_size: int, repeats: int = 7) -> dict:
     """Seconds, on this machine, of the image encoder's and the text encoder's forward passes and the
-    U-Net's training step (forward and backward) on a batch, and the two speed-up ceilings in time."""
+    U-Net's training step (forward, loss, backward, optimizer) on a batch, in alternating rounds, and
+    the two speed-up ceilings in time (medians over rounds of each round's ratio)."""
     if batch_size < 1 or repeats < 1:
         raise ValueError(f"batch size and repeats must be at least 1, got {batch_size} and {repeats}")
     torch.manual_seed(0)
     autoencoder = KLAutoencoder.from_config(config.autoencoder).requires_grad_(False).eval()
     text_encoder = OpenCLIPTextEncoder(dataclasses.replace(config.conditioner, pretrained=None))
     unet = UNetModel.from_config(config.denoiser).train()
+    optimizer = adamw(list(unet.parameters()), lr=config.diffusion.learning_rate)
     factor = autoencoder.downsample_factor
     latent = (config.autoencoder.z_channels, resolution // factor, resolution // factor)
     images = torch.rand(batch_size, 3, resolution, resolution) * 2 - 1
@@ -135,22 +133,22 @@ def time_components(config: TrainConfig, resolution: int, batch_size: int, repea
             text_encoder(captions)
 
     def unet_step() -> None:
-        unet.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         unet(x, t, context).square().mean().backward()
+        optimizer.step()
 
-    encoder = _median_seconds(encode, repeats)
-    text = _median_seconds(encode_text, repeats)
-    step = _median_seconds(unet_step, repeats)
-    total = encoder + text + step
+    rounds = time_rounds({"encoder": encode, "text": encode_text, "step": unet_step}, rounds=repeats, warmup=1)
+    per_round = list(zip(rounds["encoder"], rounds["text"], rounds["step"]))
     return {
         "resolution": resolution,
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
-        "encoder_s": encoder,
-        "text_s": text,
-        "unet_step_s": step,
-        "ceiling": total / (text + step),
-        "ceiling_with_text": total / step,
+        "rounds": repeats,
+        "encoder_s": median(rounds["encoder"]),
+        "text_s": median(rounds["text"]),
+        "unet_step_s": median(rounds["step"]),
+        "ceiling": median([(e + te + s) / (te + s) for e, te, s in per_round]),
+        "ceiling_with_text": median([(e + te + s) / s for e, te, s in per_round]),
     }
 
 
@@ -160,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     p.add_argument("--time", action="store_true", help="also time the networks on this machine")
     p.add_argument("--batch-size", type=int, default=8, help="images per timed batch (--time)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per network (--time)")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds of the three networks (--time)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the training config")
     return p.parse_args(argv)
 

@@ -62,12 +62,23 @@ def test_timed_ceilings_follow_from_the_timed_networks(load_benchmark, squares_c
     args = ["--resolutions", "16", "--time", "--batch-size", "2", "--repeats", "3", "--", *TINY]
     timed = bench.main(args)[0]["timed"]
     assert timed["resolution"] == 16 and timed["batch_size"] == 2
-    # Each network runs once untimed, then 3 timed runs, one clock reading before and after each: the
-    # clock's runs 0-2 (1, 5, 9 s) are the image encoder's, 3-5 the text encoder's, 6-8 the U-Net's.
+    # One untimed round, then 3 rounds of the three networks in turn, one clock reading before and
+    # after each run: run k lasts 4k + 1 s, so the image encoder's runs last 1, 13 and 25 s, the text
+    # encoder's 5, 17 and 29, the U-Net's 9, 21 and 33.
     assert clock.calls == 3 * 3 * 2
-    assert (timed["encoder_s"], timed["text_s"], timed["unet_step_s"]) == (5, 17, 29)  # the medians
-    assert timed["ceiling"] == pytest.approx((5 + 17 + 29) / (17 + 29), rel=1e-12)  # 51 / 46
-    assert timed["ceiling_with_text"] == pytest.approx((5 + 17 + 29) / 29, rel=1e-12)  # 51 / 29
+    assert (timed["encoder_s"], timed["text_s"], timed["unet_step_s"]) == (13, 17, 21)  # the medians
+    # The ceilings are the medians of the rounds' ratios: 15/14, 51/38, 87/62 and 15/9, 51/21, 87/33.
+    assert timed["ceiling"] == pytest.approx(51 / 38, rel=1e-12)
+    assert timed["ceiling_with_text"] == pytest.approx(51 / 21, rel=1e-12)
+
+
+def test_timed_step_includes_the_optimizer(load_benchmark, monkeypatch):
+    bench = load_benchmark("encoder_share")
+    steps = []
+    real = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or real(self, *a, **k))
+    bench.time_components(compose_config(TINY), 16, batch_size=1, repeats=2)
+    assert len(steps) == 3  # the untimed round and two timed ones
 
 
 def test_timing_needs_a_batch(load_benchmark):
