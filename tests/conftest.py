@@ -175,13 +175,20 @@ def train_on_debug_data(debug_run: Path, run_dir: Path, *overrides: str) -> subp
 def _inductor_cache_in_the_test_folder(tmp_path_factory):
     """torch.compile's inductor writes its cache to /tmp/torchinductor_$USER, where it outlives the run
     and grows by gigabytes over repeated runs; a run of the suite keeps it in its own temporary folder
-    (removed with it), unless the caller chose a cache folder."""
-    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+    (removed with it), unless the caller chose another cache folder. (Importing parts of torch already
+    sets TORCHINDUCTOR_CACHE_DIR to the default, so only a different folder counts as chosen.)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is not None and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
         yield
         return
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
     yield
-    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    if chosen is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = chosen
 
 
 @pytest.fixture(scope="session")
