@@ -56,6 +56,11 @@ class AutoencoderConfig:
     """GroupNorm groups (SD: 32; weights load whatever the value; tiny networks want fewer)."""
     reconstruction: str = "l1"
     """Reconstruction distance: l1 (LDM) or l2."""
+    clipped_loss: bool = False
+    """Measure the reconstruction loss on the output clipped to [-1, 1], as every decoded image is:
+    beyond a pixel at black or full intensity the decoder is free, so it can overshoot flat black and
+    pure colours instead of approaching them with faint noise (which costs SSIM on black backgrounds;
+    the shapes upscaler uses it). False: LDM's loss."""
     kl_weight: float = 1e-6
     """Weight of the KL term against the reconstruction loss."""
     perceptual_weight: float = 1.0

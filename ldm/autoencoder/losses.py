@@ -34,6 +34,15 @@ def vanilla_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
     return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
 
 
+def as_delivered(inputs: Tensor, reconstructions: Tensor) -> Tensor:
+    """`reconstructions` where it matters once clipped to [-1, 1], as every decoded image is: past a target
+    at -1 or 1, on the far side, the clip makes the output exact, so there it is replaced by the target
+    (no error, no gradient). Everywhere else, including an overshoot past a target inside the range, the
+    reconstruction is kept as it is, so that a wrong output is always pulled back."""
+    beyond = ((inputs <= -1) & (reconstructions < -1)) | ((inputs >= 1) & (reconstructions > 1))
+    return torch.where(beyond, inputs, reconstructions)
+
+
 def adaptive_weight(nll_loss: Tensor, g_loss: Tensor, last_layer: Tensor, disc_weight: float) -> Tensor:
     """disc_weight * clamp(|grad nll| / (|grad g| + 1e-4), 0, 1e4), gradients at `last_layer` (detached)."""
     nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
@@ -51,6 +60,10 @@ class ReconstructionKLLoss(nn.Module):
 
     ``logvar`` is a learned scalar: the log of a Laplace-like scale of the reconstruction error,
     which lets the model trade the reconstruction term against the KL term by itself.
+
+    With ``clipped=True`` both distances see the reconstruction as delivered (``as_delivered``): the
+    decoder may overshoot a pixel at black or at full intensity instead of approaching it with noise
+    that survives the clip and the rounding to 8 bits.
     """
 
     def __init__(
@@ -60,6 +73,7 @@ class ReconstructionKLLoss(nn.Module):
         reconstruction: str = "l1",
         perceptual: Optional[LPIPS] = None,
         perceptual_weight: float = 1.0,
+        clipped: bool = False,
     ) -> None:
         super().__init__()
         if kl_weight < 0:
@@ -71,6 +85,7 @@ class ReconstructionKLLoss(nn.Module):
                 f"unknown reconstruction loss '{reconstruction}'; available: {', '.join(RECONSTRUCTION_LOSSES)}"
             )
         self.reconstruction = reconstruction
+        self.clipped = clipped
         self.kl_weight = kl_weight
         self.perceptual_weight = perceptual_weight
         self.logvar = nn.Parameter(torch.full((), float(logvar_init)))
@@ -86,6 +101,8 @@ class ReconstructionKLLoss(nn.Module):
                 f"and {tuple(reconstructions.shape)}"
             )
         batch_size = inputs.shape[0]
+        if self.clipped:
+            reconstructions = as_delivered(inputs, reconstructions)
         diff = inputs - reconstructions
         rec = diff.abs() if self.reconstruction == "l1" else diff.square()  # [B, C, H, W]
         p_loss = torch.zeros((), device=inputs.device)
@@ -138,8 +155,9 @@ class AutoencoderLoss(ReconstructionKLLoss):
         disc_weight: float = 0.5,
         disc_factor: float = 1.0,
         disc_loss: str = "hinge",
+        clipped: bool = False,
     ) -> None:
-        super().__init__(kl_weight, logvar_init, reconstruction, perceptual, perceptual_weight)
+        super().__init__(kl_weight, logvar_init, reconstruction, perceptual, perceptual_weight, clipped)
         if disc_loss not in DISC_LOSSES:
             raise ValueError(f"unknown discriminator loss '{disc_loss}'; available: {', '.join(DISC_LOSSES)}")
         if disc_weight < 0 or disc_factor < 0 or disc_start < 0:

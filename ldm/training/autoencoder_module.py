@@ -86,6 +86,7 @@ class AutoencoderModule(pl.LightningModule):
             disc_weight=config.disc_weight,
             disc_factor=config.disc_factor,
             disc_loss=config.disc_loss,
+            clipped=config.clipped_loss,
         )
         check_lr_schedule(config.lr_schedule)
         if config.latent_stats_batches < 0:
@@ -170,9 +171,10 @@ class AutoencoderModule(pl.LightningModule):
             self._fid.append(fid.to(self.device))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Reconstruct from the posterior mode; log the distance, L1, PSNR, SSIM; save a grid on batch 0."""
+        """Reconstruct from the posterior mode, clipped; log the distance, L1, PSNR, SSIM; save a grid on batch 0."""
         x = batch["image"]
-        reconstructions = self.autoencoder.decode(self.autoencoder.encode(x).mode())
+        # Measured as delivered: every decoded image is clipped to [-1, 1].
+        reconstructions = self.autoencoder.decode(self.autoencoder.encode(x).mode()).clamp(-1, 1)
         batch_size = x.shape[0]
         l1 = torch.abs(x - reconstructions).mean()
         rec_loss = l1 if self.loss.reconstruction == "l1" else (x - reconstructions).square().mean()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ldm.autoencoder.distributions import DiagonalGaussianDistribution
-from ldm.autoencoder.losses import ReconstructionKLLoss
+from ldm.autoencoder.losses import ReconstructionKLLoss, as_delivered
 
 
 def _example() -> tuple[torch.Tensor, torch.Tensor, DiagonalGaussianDistribution]:
@@ -51,6 +51,26 @@ def test_logvar_gradient_and_optimum():
     loss, _ = optimum(inputs, reconstructions, posterior)
     loss.backward()
     assert optimum.logvar.grad.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_clipped_loss_frees_only_overshoot_past_a_saturated_target():
+    # Targets at -1, 1 and 0.5; outputs past each on either side.
+    inputs = torch.tensor([-1.0, -1.0, 1.0, 1.0, 0.5, 0.5]).view(1, 1, 2, 3)
+    outputs = torch.tensor([-1.5, -0.5, 1.5, 0.5, 1.5, -0.5]).view(1, 1, 2, 3).requires_grad_()
+    delivered = as_delivered(inputs, outputs)
+    # Past -1 downwards and past 1 upwards the clip makes the output exact: no error there. Short of
+    # a saturated target, and past an unsaturated one (0.5 -> 1.5), the error stays.
+    assert delivered.flatten().tolist() == [-1.0, -0.5, 1.0, 0.5, 1.5, -0.5]
+    delivered.sum().backward()
+    assert outputs.grad.flatten().tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+
+    posterior = DiagonalGaussianDistribution(torch.zeros(1, 2, 1, 1))
+    for reconstruction in ("l1", "l2"):
+        _, plain = ReconstructionKLLoss(0.0, reconstruction=reconstruction)(inputs, outputs, posterior)
+        _, clipped = ReconstructionKLLoss(0.0, reconstruction=reconstruction, clipped=True)(inputs, outputs, posterior)
+        # errors 0.5, 0.5, 0.5, 0.5, 1, 1: plain mean 4 / 6 (l1), 3 / 6 (l2); clipped drops two 0.5s
+        assert plain["rec_loss"].item() == pytest.approx(4 / 6 if reconstruction == "l1" else 3 / 6)
+        assert clipped["rec_loss"].item() == pytest.approx(3 / 6 if reconstruction == "l1" else 2.5 / 6)
 
 
 def test_kl_weight_scales_only_the_kl_term():
