@@ -148,6 +148,10 @@ class UNetConfig:
     guidance_embed_dim: int = 0
     """Sinusoidal features of the guidance scale w fed to an MLP added to the time embedding (a
     guidance-distilled student, Meng et al. 2023; stage=distill sets it, 0 there: model_channels); 0: none."""
+    position_embedding: bool = False
+    """Add a fixed 2D sine-cosine embedding of each pixel's place to the tokens of every spatial
+    transformer (as DiT's do); SD's U-Nets have none. Parameter-free, so the weights keep SD's layout,
+    but neither LDM's nor diffusers' configs can state it (an export writes no config)."""
 
 
 @dataclass

@@ -198,11 +198,36 @@ class BasicTransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+def sincos_position_embedding(height: int, width: int, dim: int, device=None, dtype=None) -> Tensor:
+    """Fixed 2D sine-cosine embedding of each pixel's (row, column) index, [height * width, dim] in
+    row-major order (ViT/MAE's): the first half of the channels embeds the column, the second the row,
+    each as sin and cos of the index at dim / 4 frequencies 1 / 10000 ** (i / (dim / 4))."""
+    if dim % 4 != 0:
+        raise ValueError(f"a 2D sine-cosine position embedding needs channels divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float64),
+        torch.arange(width, device=device, dtype=torch.float64),
+        indexing="ij",
+    )
+
+    def embed(index: Tensor) -> Tensor:
+        angles = index.reshape(-1, 1) * frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([embed(cols), embed(rows)], dim=1).to(dtype or torch.get_default_dtype())
+
+
 class SpatialTransformer(nn.Module):
     """Transformer over the pixels of a feature map, conditioned on context tokens (Rombach et al. 2022).
 
     GroupNorm, project in, ``depth`` transformer blocks on (h w) tokens, project out (zero-initialised,
     so the block starts as the identity), residual. Projections are linear (SD 2) or 1x1 convs (SD 1).
+
+    With ``position_embedding`` the tokens get a fixed 2D sine-cosine embedding of their pixel's place
+    after the projection in (as DiT's and MMDiT's tokens do; SD's U-Nets have none, and know where a
+    pixel is only from the convolutions' zero padding). No parameters: the weights keep SD's layout.
     """
 
     conditioned_on = "context"
@@ -220,11 +245,15 @@ class SpatialTransformer(nn.Module):
         use_checkpoint: bool = False,
         backend: str = "sdpa",
         disable_self_attn: bool = False,
+        position_embedding: bool = False,
     ) -> None:
         super().__init__()
         if in_channels % 32 != 0:
             raise ValueError(f"SpatialTransformer channels {in_channels} are not divisible by 32 (GroupNorm)")
         inner_dim = heads * dim_head
+        if position_embedding and inner_dim % 4 != 0:
+            raise ValueError(f"position_embedding needs transformer widths divisible by 4, got {inner_dim}")
+        self.position_embedding = position_embedding
         self.use_linear = use_linear
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
         if use_linear:
@@ -252,6 +281,8 @@ class SpatialTransformer(nn.Module):
         x = rearrange(x, "b c h w -> b (h w) c")  # one token per pixel
         if self.use_linear:
             x = self.proj_in(x)
+        if self.position_embedding:
+            x = x + sincos_position_embedding(h, w, x.shape[-1], x.device, x.dtype)
         for block in self.transformer_blocks:
             x = block(x, context)
         if self.use_linear:

@@ -66,6 +66,7 @@ class UNetModel(nn.Module):
         num_classes: Optional[int] = None,
         disable_self_attentions: Optional[Sequence[bool]] = None,
         guidance_embed_dim: int = 0,
+        position_embedding: bool = False,
     ) -> None:
         super().__init__()
         channel_mult = list(channel_mult)
@@ -120,6 +121,7 @@ class UNetModel(nn.Module):
                 use_checkpoint=use_checkpoint,
                 backend=attention_backend,
                 disable_self_attn=level is not None and no_self_attention[level],  # the middle: never
+                position_embedding=position_embedding,
             )
 
         self.time_embed = nn.Sequential(
@@ -245,6 +247,7 @@ class UNetModel(nn.Module):
             num_classes=cfg.num_classes,
             disable_self_attentions=cfg.disable_self_attentions,
             guidance_embed_dim=cfg.guidance_embed_dim,
+            position_embedding=cfg.position_embedding,
         )
 
     def forward(

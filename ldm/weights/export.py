@@ -133,6 +133,11 @@ def unstatable_settings(hparams: dict[str, Any]) -> dict[str, list[str]]:
             "adds a linear map of w's features to the timestep features, not an MLP to the time embedding"
         )
 
+    if denoiser.position_embedding:
+        line = "denoiser.position_embedding=true: {} has no position embedding in its transformers"
+        found["ldm"].append(line.format("LDM's SpatialTransformer"))
+        found["diffusers_unet"].append(line.format("diffusers' Transformer2DModel (continuous input)"))
+
     if denoiser.channel_mult[0] != 1:
         found["diffusers_unet"].append(
             f"denoiser.channel_mult[0]={denoiser.channel_mult[0]}: diffusers' UNet2DConditionModel makes "

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from ldm.denoiser import attention as attention_module
-from ldm.denoiser.attention import GEGLU, CrossAttention, SpatialTransformer, attention
+from ldm.denoiser.attention import (
+    GEGLU,
+    CrossAttention,
+    SpatialTransformer,
+    attention,
+    sincos_position_embedding,
+)
 
 
 def _qkv(seed: int = 0, q_len: int = 7, kv_len: int = 5) -> tuple[torch.Tensor, ...]:
@@ -136,6 +142,34 @@ def test_spatial_transformer_linear_and_conv_projections_agree():
     out = linear(x, context)
     assert (out - x).abs().max() > 1e-2  # the transformer is active
     torch.testing.assert_close(conv(x, context), out, atol=1e-5, rtol=0)
+
+
+def test_sincos_position_embedding_closed_form():
+    # dim 8: frequencies 1 and 1/100; channels sin/cos of the column at both, then of the row.
+    table = sincos_position_embedding(2, 3, 8, dtype=torch.float64)
+    assert table.shape == (6, 8)
+    row, col = 1, 2  # token 1 * 3 + 2
+    expected = [math.sin(col), math.sin(col / 100), math.cos(col), math.cos(col / 100)]
+    expected += [math.sin(row), math.sin(row / 100), math.cos(row), math.cos(row / 100)]
+    torch.testing.assert_close(table[5], torch.tensor(expected, dtype=torch.float64))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_position_embedding(2, 2, 6)
+
+
+def test_position_embedding_breaks_the_transformers_pixel_symmetry_only():
+    # Without a position embedding the transformer cannot tell where a pixel is: flipping the input
+    # flips the output. With it, it can; the parameters (SD's layout) are the same.
+    torch.manual_seed(0)
+    plain = SpatialTransformer(32, 2, 16, context_dim=8)
+    placed = SpatialTransformer(32, 2, 16, context_dim=8, position_embedding=True)
+    with torch.no_grad():
+        torch.nn.init.normal_(plain.proj_out.weight, std=0.1)
+    placed.load_state_dict(plain.state_dict())
+    x, context = torch.randn(2, 32, 4, 5), torch.randn(2, 3, 8)
+    flip = lambda t: t.flip(-1)  # noqa: E731
+    torch.testing.assert_close(plain(flip(x), context), flip(plain(x, context)), atol=1e-5, rtol=1e-5)
+    assert (placed(flip(x), context) - flip(placed(x, context))).abs().max() > 1e-2
+    assert (placed(x, context) - plain(x, context)).abs().max() > 1e-2
 
 
 def test_spatial_transformer_returns_its_input_layout():

@@ -128,6 +128,15 @@ def test_constructor_arguments_are_the_config_fields():
     assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
 
 
+def test_position_embedding_keeps_the_layout_and_changes_the_function():
+    plain = _randomized(UNetModel(**TINY))
+    placed = UNetModel(**TINY, position_embedding=True)
+    placed.load_state_dict(plain.state_dict())  # the same keys and shapes: SD's layout
+    x, t, context = _inputs()
+    with torch.no_grad():
+        assert (placed(x, t, context) - plain(x, t, context)).abs().max() > 1e-3
+
+
 def test_tiny_unet_is_zero_at_init_and_learns():
     torch.manual_seed(0)
     model = UNetModel(**TINY)

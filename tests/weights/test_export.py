@@ -371,6 +371,13 @@ def test_each_unstatable_setting_is_named_for_its_target_only(replacements, targ
     assert all(not reasons for t, reasons in found.items() if t != target)
 
 
+def test_position_embedding_is_unstatable_for_ldm_and_diffusers_unets():
+    found = unstatable_settings(sd2_hparams(denoiser=UNetConfig(position_embedding=True)))
+    assert [len(found[t]) for t in ("ldm", "diffusers_unet")] == [1, 1]
+    assert all("position_embedding=true" in found[t][0] for t in ("ldm", "diffusers_unet"))
+    assert not found["diffusers_vae"] and not found["diffusers_scheduler"]
+
+
 def test_sd2_shape_and_the_statable_variants_are_statable_everywhere():
     assert all(not reasons for reasons in unstatable_settings(sd2_hparams()).values())
     variants = [  # settings every target states: groups in diffusers, attention that never meets a level
