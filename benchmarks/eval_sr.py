@@ -5,7 +5,9 @@
 Each validation image is rendered at the model's resolution (64 px for experiment=shapes_sr),
 downsampled by its factor as in training (bicubic, antialiased) and stored as 8-bit pixels, as an
 input file would be. Three methods upsample the same inputs: the model (prompted with the image's
-caption, its input noised to --noise-level), PIL's bicubic and PIL's Lanczos. Every output is
+caption, its input noised to --noise-level), PIL's bicubic and PIL's Lanczos; the row "autoencoder" is
+the originals encoded and decoded by the model's own autoencoder, the most its latents can give. Every
+output is
 rounded to 8 bits and compared with the original: PSNR and SSIM (torchmetrics, data range 1, the
 mean over images), and the shapes evaluator's colour and shape accuracy against the rendered
 labels, reported for the originals too (the issue's bar: at least the originals' minus 2 points).
@@ -32,7 +34,7 @@ from ldm.upscaler import Upscaler
 
 log = logging.getLogger("eval_sr")
 
-METHODS = ("model", "bicubic", "lanczos")
+METHODS = ("autoencoder", "model", "bicubic", "lanczos")
 PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
 
@@ -73,9 +75,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     low_res = to_uint8(downsample(from_uint8(originals), factor).clamp(0, 1))  # 8-bit, as an input file
     upscaler.check_request(sampler, *low_res[0].shape[:2])
     outputs = {method: pil_upsample(low_res, factor, method) for method in PIL_FILTERS}
-    outputs["model"] = []
+    outputs["model"], outputs["autoencoder"] = [], []
     for start in range(0, args.n, args.batch_size):
         chunk = range(start, min(start + args.batch_size, args.n))
+        pipe = upscaler.pipe
+        outputs["autoencoder"] += to_uint8(pipe.decode(pipe.encode(from_uint8([originals[i] for i in chunk]))))
         images = upscaler(
             from_uint8([low_res[i] for i in chunk]),
             [samples[i].caption for i in chunk],

@@ -6,8 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from ldm.data.shapes import generate_shapes
+from ldm.upscaler import Upscaler
 from tests.conftest import save_tiny_image_conditioned
 
 
@@ -34,9 +37,17 @@ def test_a_run_reports_every_method_and_the_originals(load_benchmark, tmp_path, 
     eval_sr.main(["--ckpt", str(ckpt), "--n", "3", "--steps", "1", "--device", "cpu", "--out", str(out)])
     result = json.loads(out.read_text())
     assert (result["n"], result["factor"], result["resolution"], result["noise_level"]) == (3, 2, 32, 20)
-    assert list(result["rows"]) == ["original", "model", "bicubic", "lanczos"]
+    assert list(result["rows"]) == ["original", "autoencoder", "model", "bicubic", "lanczos"]
     assert result["rows"]["original"]["color_accuracy"] == 1.0  # the evaluator on the rendered images
     rows = result["rows"]
     assert all(rows[k]["ssim"] > 0.9 and rows[k]["psnr"] > 20 for k in ("bicubic", "lanczos"))
     assert -1 <= rows["model"]["ssim"] <= 1 and rows["model"]["psnr"] > 0  # random weights
     assert "| bicubic |" in capsys.readouterr().out
+
+    # The autoencoder row: the originals through the model's own autoencoder, rounded to 8 bits.
+    pipe = Upscaler.from_checkpoint(ckpt, device="cpu").pipe
+    originals = [np.asarray(s.image) for s in generate_shapes(3, resolution=32, seed=0, split="val")]
+    images = torch.from_numpy(np.stack(originals)).permute(0, 3, 1, 2).float() / 255
+    decoded = (pipe.decode(pipe.encode(images)) * 255).round().clamp(0, 255)
+    psnr = [10 * np.log10(1 / ((d / 255 - i) ** 2).mean().item()) for d, i in zip(decoded, images)]
+    assert rows["autoencoder"]["psnr"] == pytest.approx(np.mean(psnr), rel=1e-4)
