@@ -7,9 +7,8 @@ downsampled by its factor as in training (bicubic, antialiased) and stored as 8-
 input file would be. Three methods upsample the same inputs: the model (prompted with the image's
 caption, its input noised to --noise-level), PIL's bicubic and PIL's Lanczos; the row "autoencoder" is
 the originals encoded and decoded by the model's own autoencoder, the most its latents can give. Every
-output is
-rounded to 8 bits and compared with the original: PSNR and SSIM (torchmetrics, data range 1, the
-mean over images), and the shapes evaluator's colour and shape accuracy against the rendered
+output is rounded to 8 bits and compared with the original: PSNR and SSIM (torchmetrics, data range 1,
+the mean over images), and the shapes evaluator's colour and shape accuracy against the rendered
 labels, reported for the originals too (the issue's bar: at least the originals' minus 2 points).
 Prints a Markdown table; --out writes the JSON.
 """
@@ -76,9 +75,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     upscaler.check_request(sampler, *low_res[0].shape[:2])
     outputs = {method: pil_upsample(low_res, factor, method) for method in PIL_FILTERS}
     outputs["model"], outputs["autoencoder"] = [], []
+    pipe = upscaler.pipe
     for start in range(0, args.n, args.batch_size):
         chunk = range(start, min(start + args.batch_size, args.n))
-        pipe = upscaler.pipe
         outputs["autoencoder"] += to_uint8(pipe.decode(pipe.encode(from_uint8([originals[i] for i in chunk]))))
         images = upscaler(
             from_uint8([low_res[i] for i in chunk]),
