@@ -8,7 +8,11 @@ with them load without them and the other way round:
 - :func:`compile_frozen` compiles a function for inference with the weights it reads frozen into
   the compiled graph (Inductor's freezing: constants folded, convolution weights packed once for
   the CPU's oneDNN kernels instead of on every call). Sampling uses it (``--compile``); the weights
-  must not change afterwards, or the compiled function keeps computing with the old ones.
+  must not change afterwards, or the compiled function keeps computing with the old ones. With
+  ``cuda_graphs`` (``--cuda-graphs``) Inductor also records each input shape's kernels as a CUDA
+  graph and replays it (``mode="reduce-overhead"``): one launch per call instead of one per kernel,
+  which is what a small sampling batch spends its time on. Outputs are copied out of the graph's
+  memory pool, which the next replay overwrites (multistep samplers keep earlier outputs).
 - :func:`channels_last_` stores the 4-D weights in channels-last (NHWC) memory and turns the 4-D
   inputs of the module's forward channels-last; every later activation follows (a convolution
   with a channels-last weight returns a channels-last result).
@@ -37,9 +41,11 @@ def compile_in_place(module: nn.Module) -> nn.Module:
     return module
 
 
-def compile_frozen(function: Callable[..., T]) -> Callable[..., T]:
-    """`function` compiled for inference, with the parameters it reads frozen in at its first call."""
-    compiled = torch.compile(function, dynamic=False)
+def compile_frozen(function: Callable[..., T], cuda_graphs: bool = False) -> Callable[..., T]:
+    """`function` compiled for inference, with the parameters it reads frozen in at its first call;
+    with `cuda_graphs`, replayed as a CUDA graph per input shape (on CUDA tensors; Inductor runs other
+    devices' calls without graphs), its outputs copies that later calls leave alone."""
+    compiled = torch.compile(function, dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
 
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> T:
@@ -47,9 +53,39 @@ def compile_frozen(function: Callable[..., T]) -> Callable[..., T]:
 
         # Compilation happens lazily, at the first call of each new input shape: freeze on every call.
         with inductor_config.patch(freezing=True):
-            return compiled(*args, **kwargs)
+            if not cuda_graphs:
+                return compiled(*args, **kwargs)
+            return replay(compiled, *args, **kwargs)
 
     return call
+
+
+def replay(graphed: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """One call of a function compiled with CUDA graphs (mode reduce-overhead), as a new step of the
+    graph trees, with its tensor outputs copied out of the memory that the next replay reuses."""
+    torch.compiler.cudagraph_mark_step_begin()
+    return _copied(graphed(*args, **kwargs))
+
+
+def _copied(value: Any) -> Any:
+    """Tensors cloned, also inside tuples and lists; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copied(item) for item in value)
+    return value
+
+
+class CudaGraphed(nn.Module):
+    """`module` compiled with CUDA graphs for inference (Inductor's reduce-overhead mode), its outputs
+    copied out of the graphs' memory (``replay``): what ``ldm.bench`` samples with ``bench.cuda_graphs``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.graphed = torch.compile(module, dynamic=False, mode="reduce-overhead")
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return replay(self.graphed, *args, **kwargs)
 
 
 def any_channels_last(*tensors: torch.Tensor) -> bool:

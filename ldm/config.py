@@ -558,6 +558,9 @@ class BenchConfig:
     """Classifier-free guidance scale of the sampling runs (conditional and unconditional batched)."""
     compile: bool = False
     """Wrap the U-Net and the autoencoder's encoder and decoder in torch.compile."""
+    cuda_graphs: bool = False
+    """Sampling on CUDA only (bench.parts=[sample]): the U-Net compiled in reduce-overhead mode, each call
+    replayed as a CUDA graph (one launch instead of one per kernel), as ``--cuda-graphs`` samples."""
     channels_last: bool = False
     """Networks and their inputs in channels-last memory."""
     attention: Optional[str] = None

@@ -32,19 +32,26 @@ class Inpainter:
         self.conditioner = conditioner
 
     @classmethod
-    def from_module(cls, module: nn.Module, compile: bool = False) -> Inpainter:
+    def from_module(cls, module: nn.Module, compile: bool = False, cuda_graphs: bool = False) -> Inpainter:
         """From an inpainting ``LatentDiffusion`` (or its training module; shares its weights)."""
         if not isinstance(module.image_conditioner, InpaintingConditioner):
             task = module.image_conditioning.task
             raise ValueError(f"not an inpainting model (image_conditioning.task={task})")
-        return cls(Text2Image.from_module(module, compile=compile), module.image_conditioner)
+        return cls(
+            Text2Image.from_module(module, compile=compile, cuda_graphs=cuda_graphs), module.image_conditioner
+        )
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device | None = None, compile: bool = False
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> Inpainter:
         """From an inpainting stage-2 checkpoint, on `device` (default: CUDA when available)."""
-        return cls.from_module(load_module(path, device, task="inpainting"), compile=compile)
+        module = load_module(path, device, task="inpainting")
+        return cls.from_module(module, compile=compile, cuda_graphs=cuda_graphs)
 
     @property
     def sampler(self) -> SamplerConfig:

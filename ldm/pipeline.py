@@ -5,7 +5,8 @@ callback, so that what is tested is what users run. Every image has its own seed
 seeded with that seed alone, draws the image's starting noise and then every noise the sampler
 adds (``ldm.samplers.noise``), so a seed gives the same image whatever the batch. With
 ``compile=True`` the denoiser and the autoencoder run compiled with their weights frozen in
-(``ldm.acceleration.compile_frozen``): the first batch of each size compiles, later ones are faster.
+(``ldm.acceleration.compile_frozen``): the first batch of each size compiles, later ones are faster;
+``cuda_graphs=True`` also replays each denoiser call as a CUDA graph (CUDA only).
 A distilled checkpoint (``ldm.samplers.distilled``) is sampled only with the step count and sampler
 it was distilled for; when guidance was distilled, the scale is the network's input (one call per step).
 """
@@ -56,6 +57,7 @@ class Text2Image:
         channel_statistics: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         compile: bool = False,
         distilled: Optional[DistilledSampling] = None,
+        cuda_graphs: bool = False,
     ):
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
@@ -70,13 +72,15 @@ class Text2Image:
         self._denoise: Callable[..., torch.Tensor] = denoiser
         self._encode: Callable[[torch.Tensor], torch.Tensor] = self._posterior_mode
         self._decode: Callable[[torch.Tensor], torch.Tensor] = autoencoder.decode
-        if compile:
-            self._denoise = compile_frozen(denoiser)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the networks on a CUDA device; they are on {self.device}")
+        if compile or cuda_graphs:  # graphs for the denoiser, called once or twice a step
+            self._denoise = compile_frozen(denoiser, cuda_graphs=cuda_graphs)
             self._encode = compile_frozen(self._posterior_mode)
             self._decode = compile_frozen(autoencoder.decode)
 
     @classmethod
-    def from_module(cls, module: nn.Module, compile: bool = False) -> Text2Image:
+    def from_module(cls, module: nn.Module, compile: bool = False, cuda_graphs: bool = False) -> Text2Image:
         """From a ``LatentDiffusion`` (or the training module built on it; shares its weights)."""
         return cls(
             module.first_stage_model,
@@ -88,14 +92,20 @@ class Text2Image:
             module.channel_statistics(),
             compile=compile,
             distilled=getattr(module, "distillation", None),
+            cuda_graphs=cuda_graphs,
         )
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device | None = None, compile: bool = False
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> Text2Image:
         """From a text-to-image stage-2 checkpoint, on `device` (default: CUDA when available, else CPU)."""
-        return cls.from_module(load_module(path, device, task="none"), compile=compile)
+        module = load_module(path, device, task="none")
+        return cls.from_module(module, compile=compile, cuda_graphs=cuda_graphs)
 
     @property
     def device(self) -> torch.device:

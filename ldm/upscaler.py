@@ -43,20 +43,25 @@ class Upscaler:
         """The default noise level (the checkpoint's image_conditioning.noise_level)."""
 
     @classmethod
-    def from_module(cls, module: nn.Module, compile: bool = False) -> Upscaler:
+    def from_module(cls, module: nn.Module, compile: bool = False, cuda_graphs: bool = False) -> Upscaler:
         """From a super-resolution ``LatentDiffusion`` (or its training module; shares its weights)."""
         if not isinstance(module.image_conditioner, LowResolutionConditioner):
             task = module.image_conditioning.task
             raise ValueError(f"not a super-resolution model (image_conditioning.task={task})")
-        pipe = Text2Image.from_module(module, compile=compile)
+        pipe = Text2Image.from_module(module, compile=compile, cuda_graphs=cuda_graphs)
         return cls(pipe, module.image_conditioner, module.image_conditioning.noise_level)
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device | None = None, compile: bool = False
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> Upscaler:
         """From a super-resolution stage-2 checkpoint, on `device` (default: CUDA when available)."""
-        return cls.from_module(load_module(path, device, task="super_resolution"), compile=compile)
+        module = load_module(path, device, task="super_resolution")
+        return cls.from_module(module, compile=compile, cuda_graphs=cuda_graphs)
 
     @property
     def factor(self) -> int:

@@ -277,14 +277,14 @@ EOF
   )
 }
 
-# bench NAME TIMEOUT_S MIN_S EXPECTED_S PARTS RESOLUTION BATCH_SIZES COMPILE CHANNELS_LAST ATTENTION COMPARE
+# bench NAME TIMEOUT_S MIN_S EXPECTED_S PARTS RESOLUTION BATCH_SIZES COMPILE CHANNELS_LAST ATTENTION COMPARE [CUDA_GRAPHS]
 bench() {
   local name="$1" timeout_s="$2" min_s="$3" expected="$4" parts="$5" resolution="$6" batches="$7"
-  local compile="$8" channels_last="$9" attention="${10}" compare="${11}"
-  if [[ "$MODE" == dry-run ]]; then resolution=32 batches="[2]" compile=false; fi
+  local compile="$8" channels_last="$9" attention="${10}" compare="${11}" cuda_graphs="${12:-false}"
+  if [[ "$MODE" == dry-run ]]; then resolution=32 batches="[2]" compile=false cuda_graphs=false; fi
   local command=("$PY" -m ldm.bench "${BENCH_COMMON[@]}" "bench.parts=$parts" "bench.resolution=$resolution"
     "bench.batch_sizes=$batches" "bench.compile=$compile" "bench.channels_last=$channels_last"
-    "bench.attention=$attention" "bench.compare=$compare")
+    "bench.attention=$attention" "bench.compare=$compare" "bench.cuda_graphs=$cuda_graphs")
   if [[ "$MODE" != list ]]; then
     command+=("bench.out=$WORK/bench/$name.json" "hydra.run.dir=$WORK/hydra/$name")
   fi
@@ -316,9 +316,10 @@ step install                        180     5     15 -- bash -c install_deps
 step gpu_tests                      270    60    180 -- "$PY" -m pytest -m gpu tests/gpu \
   tests/training/test_ddp_equivalence.py -p no:cacheprovider -q -rs --junitxml="${OUT_DIR:-OUT}/tests.xml" \
   ${GPU_CHECK_PYTEST_ARGS:-}
-#     name                         timeout min expected parts  px  batches  compile c-last attention compare
+#     name                         timeout min expected parts  px  batches  compile c-last attention compare [graphs]
 bench bench_256_train                150    60     60 "[train]" 256 "[16,64]" false false sdpa none
 bench bench_512_sample_compile       270   150    180 "[sample]" 512 "[1]" true true sdpa none
+bench bench_512_sample_cudagraphs    270   150    180 "[sample]" 512 "[1]" true true sdpa none true
 bench compare_diffusers_512_sample   180    60     60 "[sample]" 512 "[1]" false false sdpa diffusers
 bench compare_diffusers_256_train    180    60     60 "[train]" 256 "[16]" false false sdpa diffusers
 bench bench_512_sample               120    45     40 "[sample]" 512 "[1,8]" false false sdpa none

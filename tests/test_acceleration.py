@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldm.acceleration import accelerate_, channels_last_, compile_frozen
+from ldm import acceleration
+from ldm.acceleration import CudaGraphed, accelerate_, channels_last_, compile_frozen
 from ldm.denoiser import UNetModel
 from tests.conftest import assert_float32_close as close
 from tests.conftest import random_tiny_unet
@@ -90,3 +91,28 @@ def test_channels_last_converts_forward_inputs():
     channels_last_(module)
     module(torch.randn(2, 3, 5, 5))
     assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+
+
+def test_cuda_graph_compilation_agrees_and_returns_copies_off_cuda():
+    """On the CPU Inductor's reduce-overhead mode compiles without graphs: the same values, and each
+    call's outputs are copies (on CUDA they would otherwise live in memory the next replay reuses)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.SiLU()).eval()
+    graphed, module = compile_frozen(conv, cuda_graphs=True), CudaGraphed(conv)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        for run in (graphed, module):
+            first = run(x)
+            kept = first.clone()
+            second = run(x + 1)
+            close(first, conv(x))
+            close(second, conv(x + 1))
+            assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
+
+
+def test_copied_outputs_are_new_tensors_in_the_same_structure():
+    a, b = torch.ones(2), torch.zeros(3)
+    out = acceleration._copied((a, [b, "text"], 4))
+    assert isinstance(out, tuple) and isinstance(out[1], list) and out[1][1] == "text" and out[2] == 4
+    assert torch.equal(out[0], a) and out[0].data_ptr() != a.data_ptr()
+    assert torch.equal(out[1][0], b) and out[1][0].data_ptr() != b.data_ptr()

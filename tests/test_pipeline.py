@@ -154,7 +154,18 @@ def test_per_channel_normalization_samples_as_its_folded_export():
     images = random_images(2)
     torch.testing.assert_close(ours.encode(images), folded.encode(images), atol=1e-5, rtol=1e-5)
     batch = {"image": images * 2 - 1}
-    torch.testing.assert_close(channel.latents_of(batch, sample=False), folded.encode(images), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        channel.latents_of(batch, sample=False), folded.encode(images), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_graphs_are_refused_off_cuda(pipe):
+    with pytest.raises(ValueError, match="CUDA graphs need the networks on a CUDA device; they are on cpu"):
+        Text2Image(
+            pipe.autoencoder, pipe.text_encoder, pipe.denoiser, pipe.scale_factor, pipe.image_size, pipe.sampler,
+            cuda_graphs=True,
+        )  # fmt: skip
 
 
 @pytest.mark.slow

@@ -220,12 +220,13 @@ def test_ldm_full_error_shows_the_traceback(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["txt2img", "img2img"])
 def test_compile_flag_reaches_the_pipeline(ckpt, tmp_path, init_img, monkeypatch, mode):
-    """--compile builds a compiled pipeline (what it samples: tests/test_pipeline.py); off by default."""
+    """--compile builds a compiled pipeline (what it samples: tests/test_pipeline.py), --cuda-graphs one
+    replayed as CUDA graphs; both off by default."""
     asked = []
     load = Text2Image.from_checkpoint
 
-    def from_checkpoint(path, device=None, compile=False):
-        asked.append(compile)
+    def from_checkpoint(path, device=None, compile=False, cuda_graphs=False):
+        asked.append((compile, cuda_graphs))
         return load(path, device)  # eager here: compiling the tiny model takes a minute
 
     monkeypatch.setattr(Text2Image, "from_checkpoint", from_checkpoint)
@@ -235,7 +236,8 @@ def test_compile_flag_reaches_the_pipeline(ckpt, tmp_path, init_img, monkeypatch
         args += ["--init-img", str(init_img)]
     run(args)
     run([*args, "--compile"])
-    assert asked == [False, True]
+    run([*args, "--cuda-graphs"])  # asked for; the pipeline itself refuses it off CUDA (test_pipeline.py)
+    assert asked == [(False, False), (True, False), (False, True)]
 
 
 # --- upscale and inpaint: image-conditioned checkpoints ---------------------------------------------------

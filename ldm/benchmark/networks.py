@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ldm.acceleration import CudaGraphed
 from ldm.autoencoder.model import KLAutoencoder
 from ldm.benchmark.settings import BenchSettings
 from ldm.config import TrainConfig
@@ -141,7 +142,8 @@ def without_checkpointing(module: nn.Module) -> Iterator[None]:
 
 
 def prepare_networks(networks: BenchNetworks, settings: BenchSettings) -> None:
-    """Move the networks to the device in the memory format, set the attention backend, compile if asked."""
+    """Move the networks to the device in the memory format, set the attention backend, compile (with CUDA
+    graphs) if asked."""
     for module in (networks.denoiser, networks.autoencoder, networks.objective):
         module.to(settings.device, memory_format=settings.memory_format())
     if settings.attention is not None:
@@ -151,3 +153,6 @@ def prepare_networks(networks: BenchNetworks, settings: BenchSettings) -> None:
         networks.denoiser.diffusion_model = torch.compile(networks.unet)
         networks.autoencoder.encoder = torch.compile(networks.autoencoder.encoder)
         networks.autoencoder.decoder = torch.compile(networks.autoencoder.decoder)
+    if settings.cuda_graphs:
+        log.info("compiling the U-Net with CUDA graphs (torch.compile, mode reduce-overhead)")
+        networks.denoiser.diffusion_model = CudaGraphed(networks.unet)

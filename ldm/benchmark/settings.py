@@ -44,6 +44,7 @@ class BenchSettings:
     attention: Optional[str]
     compare: str
     compare_optimizer: bool = True
+    cuda_graphs: bool = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -128,6 +129,13 @@ def resolve_settings(config: BenchRunConfig) -> BenchSettings:
     if resolution < 1:
         raise ValueError(f"bench.resolution must be at least 1 pixel, got {resolution}")
     device = resolve_device(bench.device)
+    if bench.cuda_graphs:
+        if device.type != "cuda":
+            raise ValueError(f"bench.cuda_graphs needs a CUDA device, got bench.device={device.type}")
+        if list(parts) != ["sample"] or bench.compare != "none":
+            raise ValueError(
+                "bench.cuda_graphs times our sampling only: set bench.parts=[sample] bench.compare=none"
+            )
     return BenchSettings(
         device=device,
         precision=bench.precision,
@@ -143,6 +151,7 @@ def resolve_settings(config: BenchRunConfig) -> BenchSettings:
         attention=bench.attention,
         compare=bench.compare,
         compare_optimizer=bench.compare_optimizer,
+        cuda_graphs=bench.cuda_graphs,
     )
 
 

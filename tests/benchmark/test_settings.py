@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from ldm.benchmark import settings as settings_module
 from ldm.benchmark.settings import data_is_local, resolve_device, resolve_settings
 from ldm.config import BenchRunConfig, DataConfig
 from ldm.training.config_store import compose_config
@@ -83,6 +84,17 @@ def test_webdataset_is_local_only_when_every_shard_is_a_file(tmp_path):
 def test_bad_values_are_refused_in_one_line(override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         resolve_settings(bench_config(override))
+
+
+def test_cuda_graphs_need_cuda_and_sampling_alone(monkeypatch):
+    with pytest.raises(ValueError, match="bench.cuda_graphs needs a CUDA device, got bench.device=cpu"):
+        resolve_settings(bench_config("bench.cuda_graphs=true", "bench.device=cpu", "bench.parts=[sample]"))
+    monkeypatch.setattr(settings_module, "resolve_device", lambda name: torch.device("cuda"))
+    ok = resolve_settings(bench_config("bench.cuda_graphs=true", "bench.parts=[sample]"))
+    assert ok.cuda_graphs and ok.device.type == "cuda"
+    for others in (["bench.parts=[sample,train]"], ["bench.parts=[sample]", "bench.compare=diffusers"]):
+        with pytest.raises(ValueError, match=re.escape("set bench.parts=[sample] bench.compare=none")):
+            resolve_settings(bench_config("bench.cuda_graphs=true", *others))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ldm.acceleration import compile_frozen
 from ldm.config import UNetConfig
 from ldm.denoiser.unet import UNetModel
 from tests.gpu.conftest import max_relative_error, relative_l2_error, requires_cuda
@@ -91,3 +92,18 @@ def test_compiled_unet_forward_matches_eager_on_cuda(strict_fp32):
 
 def test_compiled_unet_gradients_match_eager_on_cuda(strict_fp32):
     check_compiled_gradients_match_eager("cuda")
+
+
+def test_cuda_graph_replays_match_eager_and_keep_earlier_outputs(strict_fp32):
+    """``compile_frozen(cuda_graphs=True)`` (``--cuda-graphs``): replayed graphs compute the eager U-Net's
+    output, and an output kept from one call (as DPM++ keeps the last step's) survives the next replays."""
+    unet, (x, t, context) = unet_and_inputs("cuda")
+    unet.eval()
+    graphed = compile_frozen(unet, cuda_graphs=True)
+    with torch.no_grad():
+        first = graphed(x, t, context)
+        kept = first.clone()
+        later = [graphed(x + k, t, context) for k in (1, 2, 3)]
+        assert torch.equal(first, kept)
+        assert max_relative_error(first, unet(x, t, context)) <= 1e-4
+        assert max_relative_error(later[-1], unet(x + 3, t, context)) <= 1e-4

@@ -67,16 +67,17 @@ def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 
 def test_steps_come_in_order_of_value_each_once():
     names = listed_steps()
-    assert names[:7] == [
+    assert names[:8] == [
         "env",
         "install",
         "gpu_tests",
         "bench_256_train",  # the MFU target
         "bench_512_sample_compile",  # the it/s target
+        "bench_512_sample_cudagraphs",  # the same, each step replayed as a CUDA graph
         "compare_diffusers_512_sample",
         "compare_diffusers_256_train",
     ]
-    assert len(set(names)) == len(names) == 15
+    assert len(set(names)) == len(names) == 16
 
 
 @pytest.mark.slow
