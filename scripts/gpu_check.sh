@@ -19,6 +19,7 @@
 #   steps.log                  every step's output
 #   tests.xml                  JUnit XML of the GPU tests (pytest -m gpu)
 #   bench.json                 each `python -m ldm.bench` result, by step name
+#   compose.json               the compose suite's scores of the compose_gpu step's model
 # Exit status: 0 when no step failed or timed out (skipped steps do not count), else 1.
 #
 # Environment: PYTHON (default .venv/bin/python when present, else python3); GPU_CHECK_BUDGET_S;
@@ -114,8 +115,8 @@ if [[ "$MODE" != list ]]; then
   mkdir -p "$WORK/bench" "$WORK/hydra"
   : >"$WORK/steps.tsv"
   : >"$OUT_DIR/steps.log"
-  rm -f "$OUT_DIR"/{summary.json,summary.md,env.txt,tests.xml,bench.json}
-  export PY REPO SITE WHEEL_DIR NEEDED_IMPORTS
+  rm -f "$OUT_DIR"/{summary.json,summary.md,env.txt,tests.xml,bench.json,compose.json}
+  export PY REPO SITE WHEEL_DIR NEEDED_IMPORTS MODE
   if "$PY" -c "" 2>/dev/null; then REPORT_PY="$PY"; else REPORT_PY=python3; fi
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
@@ -185,7 +186,17 @@ install_deps() {  # make NEEDED_IMPORTS importable: wheels from WHEEL_DIR into S
   "$PY" -m pip install -q --retries 0 --timeout 10 -e ".[dev]" || return
   "$PY" -c "$NEEDED_IMPORTS"
 }
-export -f versions collect_env install_deps
+# shellcheck disable=SC2317 # run through bash -c (exported)
+compose_run() {  # compose_run WORK OUT [overrides...]: experiment=compose_gpu, both stages, then the suite
+  local work="$1" out="$2"
+  shift 2
+  local eval_args=()
+  [[ "$MODE" == dry-run ]] && eval_args=(--n_per_prompt 1 --steps 2 --device cpu)
+  "$PY" -m ldm.train experiment=compose_gpu "data.root=$work/data" "hydra.run.dir=$work/run" "$@" &&
+    "$PY" -m ldm.eval --suite compose --ckpt "$work/run/checkpoints/last.ckpt" --out "$out" "${eval_args[@]}"
+}
+
+export -f versions collect_env install_deps compose_run
 
 # ---- the step runner ---------------------------------------------------------------------------------
 FAILED=0
@@ -330,6 +341,16 @@ bench bench_256_train_xformers       150    60     50 "[train]" 256 "[16,64]" fa
 bench bench_512_sample_compile_b8    270   150    150 "[sample]" 512 "[8]" true true sdpa none
 bench bench_512_autoencoder          120    45     40 "[autoencoder]" 512 "[1,8]" false false sdpa none
 bench bench_256_sample               120    45     40 "[sample]" 256 "[1,8]" false false sdpa none
+# The compose world's GPU preset (issue 19), both stages and the compose suite: last in order of value,
+# so it runs in the default budget only if time is left; `--only compose_gpu` runs it alone (~4 min).
+COMPOSE_ARGS=()
+if [[ "$MODE" == dry-run ]]; then
+  COMPOSE_ARGS=(trainer.accelerator=cpu autoencoder.max_steps=2 diffusion.max_steps=2 diffusion.batch_size=2
+    autoencoder.batch_size=2 data.num_train=64 data.num_val=16 data.num_workers=0 trainer.sample_every_n_steps=0)
+fi
+# shellcheck disable=SC2016 # $1, $2 are the inner shell's arguments
+step compose_gpu                     420   240    240 -- bash -c 'compose_run "$@"' _ "${WORK:-WORK}/compose" \
+  "${OUT_DIR:-OUT}/compose.json" "${COMPOSE_ARGS[@]}"
 
 [[ "$MODE" == list ]] && exit 0
 echo "[gpu_check +${SECONDS}s] done; summary in $OUT_DIR/summary.md"

@@ -64,3 +64,14 @@ def test_a_restated_default_is_caught():
     data = {"denoiser": {"model_channels": 320, "use_checkpoint": True}}
     base = dataclasses.asdict(compose_config(["~experiment"]))
     assert [k for k, v in leaves(data) if lookup(base, k) == v] == ["denoiser.model_channels"]
+
+
+def test_the_compose_gpu_preset_states_only_what_differs_from_compose():
+    data = yaml.safe_load((CONF_DIR / "experiment" / "compose_gpu.yaml").read_text())
+    assert data["defaults"] == ["compose"]
+    base = dataclasses.asdict(compose_config(["experiment=compose"]))
+    restated = [key for key, value in leaves(data) if lookup(base, key) == value]
+    assert not restated, f"experiment/compose_gpu.yaml restates {', '.join(restated)}"
+    gpu = compose_config(["experiment=compose_gpu"])
+    assert gpu.diffusion.batch_size == 8 * base["diffusion"]["batch_size"]
+    assert gpu.denoiser == compose_config(["experiment=compose"]).denoiser  # the same networks

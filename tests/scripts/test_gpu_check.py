@@ -18,7 +18,7 @@ import torch
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-FILES = {"summary.json", "summary.md", "env.txt", "steps.log", "tests.xml", "bench.json"}
+FILES = {"summary.json", "summary.md", "env.txt", "steps.log", "tests.xml", "bench.json", "compose.json"}
 """All that the check may write: a GPU machine's tool returns at most 8 files from its output folder."""
 
 
@@ -77,7 +77,8 @@ def test_steps_come_in_order_of_value_each_once():
         "compare_diffusers_512_sample",
         "compare_diffusers_256_train",
     ]
-    assert len(set(names)) == len(names) == 16
+    assert len(set(names)) == len(names) == 17
+    assert names[-1] == "compose_gpu"  # minutes of training: last, or alone with --only
 
 
 @pytest.mark.slow
@@ -117,6 +118,9 @@ def test_dry_run_records_every_step_and_the_environment(dry_run):
     names = {case.get("name") for case in suite.iter("testcase")}
     assert "test_fsdp_on_cuda_trains_as_one_process" in names
     assert "test_debug_preset_trains_both_stages_in_bf16_on_cuda" in names
+    # the compose GPU preset's step (tiny on the CPU): both stages trained, the whole suite scored
+    compose = json.loads((out / "compose.json").read_text())
+    assert compose["suite"] == "compose" and len(compose["tasks"]) == 7 and compose["n"] == 48
 
 
 @pytest.mark.slow

@@ -125,3 +125,4 @@ def test_compose_settings_are_checked_at_start_up(override, message):
         check_config(config)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
     check_config(compose_config(["experiment=compose"]))
+    check_config(compose_config(["experiment=compose_gpu"]))
