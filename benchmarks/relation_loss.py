@@ -41,10 +41,8 @@ from ldm.pipeline import load_module
 log = logging.getLogger("relation_loss")
 
 OPPOSITE = {
-    "to the left of": "to the right of",
-    "to the right of": "to the left of",
-    "above": "below",
-    "below": "above",
+    relation: next(other for other, rule in RELATIONS.items() if rule == (axis, -sign))
+    for relation, (axis, sign) in RELATIONS.items()
 }
 """Each relation and the one that is false wherever it holds."""
 TIMESTEPS = (50, 200, 400, 600, 800, 950, 999)

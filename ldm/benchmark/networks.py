@@ -148,11 +148,13 @@ def prepare_networks(networks: BenchNetworks, settings: BenchSettings) -> None:
         module.to(settings.device, memory_format=settings.memory_format())
     if settings.attention is not None:
         set_attention_backend(networks.unet, settings.attention)
-    if settings.compile:
-        log.info("compiling the U-Net and the autoencoder's encoder and decoder (torch.compile)")
-        networks.denoiser.diffusion_model = torch.compile(networks.unet)
-        networks.autoencoder.encoder = torch.compile(networks.autoencoder.encoder)
-        networks.autoencoder.decoder = torch.compile(networks.autoencoder.decoder)
     if settings.cuda_graphs:
         log.info("compiling the U-Net with CUDA graphs (torch.compile, mode reduce-overhead)")
         networks.denoiser.diffusion_model = CudaGraphed(networks.unet)
+    elif settings.compile:
+        log.info("compiling the U-Net (torch.compile)")
+        networks.denoiser.diffusion_model = torch.compile(networks.unet)
+    if settings.compile:
+        log.info("compiling the autoencoder's encoder and decoder (torch.compile)")
+        networks.autoencoder.encoder = torch.compile(networks.autoencoder.encoder)
+        networks.autoencoder.decoder = torch.compile(networks.autoencoder.decoder)
