@@ -269,6 +269,10 @@ class ImageConditioningConfig:
     """inpainting: share of training masks that cover nothing (the image is to be kept as it is)."""
     mask_strokes: float = 0.5
     """inpainting: of the other masks, the share drawn as thick strokes (LaMa's); the rest: rectangles."""
+    mask_to_cells: bool = True
+    """inpainting: widen every mask (training and sampling) to whole latent cells, so that a cell with
+    any pixel to redraw is redrawn whole; false: SD's nearest-neighbour resize of the mask, which marks
+    a cell kept by its top-left pixel even where others are blanked (ldm/conditioning/inpainting.py)."""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Inpainter: images, masks (1 = redraw) and prompts -> the images with the masked part redrawn.
 
-SD's inpainting pipeline: the mask (binarised at 0.5) and the latent of the image with its masked
-pixels blanked condition every denoising step of a chain started from pure noise
+SD's inpainting pipeline: the mask (binarised at 0.5, and widened to whole latent cells unless the
+model was trained with ``image_conditioning.mask_to_cells=false``) and the latent of the image with
+its masked pixels blanked condition every denoising step of a chain started from pure noise
 (``ldm.conditioning.inpainting``); classifier-free guidance drops the prompt only. The model is
 asked to keep the unmasked part; nothing is pasted back, so what it keeps is what it draws. Used by
 ``python -m ldm.sample inpaint`` (``scripts/inpaint.py``), the training sample grids and

@@ -98,6 +98,10 @@ def build_image_conditioner(
         return LowResolutionConditioner(cfg.upscale, cfg.max_noise_level)
     if cfg.task == "inpainting":
         return InpaintingConditioner(
-            mask_full=cfg.mask_full, mask_empty=cfg.mask_empty, mask_strokes=cfg.mask_strokes
+            factor=autoencoder_factor(autoencoder),
+            mask_full=cfg.mask_full,
+            mask_empty=cfg.mask_empty,
+            mask_strokes=cfg.mask_strokes,
+            mask_to_cells=cfg.mask_to_cells,
         )
     return None

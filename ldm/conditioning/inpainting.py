@@ -6,6 +6,14 @@ channels): the image with its masked pixels set to 0 (mid-grey in [-1, 1]), enco
 autoencoder and scaled like the diffusion latents. 9 input channels in all, in that order; a
 text-to-image model is fine-tuned into this layout with the 5 new input weights zero-initialised
 (``ldm.weights.sd.widen_input_conv``). Training draws random masks (``ldm.conditioning.masks``).
+
+Where a mask's edge cuts through a latent cell, SD's nearest-neighbour resize marks the cell by its
+top-left pixel alone: a cell whose top-left pixel is kept counts as kept although some of its pixels
+are blanked. Trained on such masks, a model learns that a kept cell beside a mask may hide content it
+must invent, and draws some into the kept cells along every mask's edge. By default
+(``image_conditioning.mask_to_cells``) the mask is first widened to whole cells (``cell_masks``): a
+cell with any pixel to redraw is redrawn whole, so every cell marked kept is seen whole. Masks that
+already follow the cells are unchanged by it; ``mask_to_cells=false`` is SD's resize exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +46,17 @@ def binary_masks(masks: Tensor) -> Tensor:
     return (masks >= 0.5).to(masks.dtype)
 
 
+def cell_masks(masks: Tensor, factor: int) -> Tensor:
+    """Masks (b, 1, H, W) of 0 and 1 widened to whole `factor` x `factor` cells: a cell with any pixel
+    to redraw (1) is 1 everywhere. H and W must be multiples of `factor`."""
+    height, width = masks.shape[-2:]
+    if height % factor or width % factor:
+        raise ValueError(f"a {width}x{height} mask does not divide into {factor}x{factor} latent cells")
+    if factor == 1:
+        return masks
+    return F.interpolate(F.max_pool2d(masks, factor), scale_factor=factor, mode="nearest")
+
+
 def masked_images(images: Tensor, masks: Tensor) -> Tensor:
     """Images in [-1, 1] with the pixels to redraw set to 0 (SD: ``image * (mask < 0.5)``)."""
     return images * (1 - masks)
@@ -46,8 +65,20 @@ def masked_images(images: Tensor, masks: Tensor) -> Tensor:
 class InpaintingConditioner:
     """Builds the U-Net's image conditioning from images and masks (see the module docstring)."""
 
-    def __init__(self, *, mask_full: float, mask_empty: float, mask_strokes: float):
+    def __init__(
+        self,
+        *,
+        factor: int,
+        mask_full: float,
+        mask_empty: float,
+        mask_strokes: float,
+        mask_to_cells: bool = True,
+    ):
         check_mask_shares(mask_full, mask_empty, mask_strokes)
+        if factor < 1:
+            raise ValueError(f"the autoencoder's factor must be >= 1, got {factor}")
+        self.factor = factor
+        self.mask_to_cells = mask_to_cells
         self.mask_full = mask_full
         self.mask_empty = mask_empty
         self.mask_strokes = mask_strokes
@@ -56,6 +87,8 @@ class InpaintingConditioner:
         """The conditioning of images (b, 3, H, W) in [-1, 1] with masks (b, 1, H, W) of 0 and 1."""
         check_masks(masks, images)
         masks = masks.to(images.device, images.dtype)
+        if self.mask_to_cells:
+            masks = cell_masks(masks, self.factor)
         latents = encode(masked_images(images, masks))
         small = F.interpolate(masks, size=latents.shape[-2:], mode="nearest")  # SD: interpolate, nearest
         return ImageConditioning(torch.cat([small.to(latents.dtype), latents], dim=1))  # mask, masked latent

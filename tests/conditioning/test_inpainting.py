@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldm.conditioning.inpainting import InpaintingConditioner, binary_masks, masked_images
+from ldm.conditioning.inpainting import InpaintingConditioner, binary_masks, cell_masks, masked_images
 
 
 def pool_encoder(images: torch.Tensor) -> torch.Tensor:
@@ -15,17 +15,19 @@ def pool_encoder(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([pooled, pooled.sum(dim=1, keepdim=True)], dim=1)
 
 
-def conditioner() -> InpaintingConditioner:
-    return InpaintingConditioner(mask_full=0.25, mask_empty=0.1, mask_strokes=0.5)
+def conditioner(mask_to_cells: bool = True) -> InpaintingConditioner:
+    return InpaintingConditioner(
+        factor=4, mask_full=0.25, mask_empty=0.1, mask_strokes=0.5, mask_to_cells=mask_to_cells
+    )
 
 
-def test_concat_is_the_nearest_mask_then_the_masked_images_latent():
+def test_sd_resize_is_the_nearest_mask_then_the_masked_images_latent():
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
     masks = torch.zeros(2, 1, 8, 8)
     masks[0, :, 0:4, 0:4] = 1  # one whole latent cell
     masks[1, :, 1:3, 5:8] = 1  # inside the top right cell, not at its sampled (top left) pixel
-    image = conditioner()(images, masks, pool_encoder)
+    image = conditioner(mask_to_cells=False)(images, masks, pool_encoder)
     assert image.concat.shape == (2, 5, 2, 2) and image.class_labels is None
     # Nearest-neighbour resizing samples pixel (4i, 4j) of each 4x4 cell (SD: F.interpolate, nearest).
     assert image.concat[:, 0].tolist() == [[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]
@@ -33,6 +35,38 @@ def test_concat_is_the_nearest_mask_then_the_masked_images_latent():
     blanked[0, :, 0:4, 0:4] = 0
     blanked[1, :, 1:3, 5:8] = 0
     torch.testing.assert_close(image.concat[:, 1:], pool_encoder(blanked))
+
+
+def test_masks_widen_to_whole_cells_before_blanking_and_resizing():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[0, :, 0:4, 0:4] = 1  # one whole latent cell: unchanged
+    masks[1, :, 1:3, 5:8] = 1  # part of the top right cell: all of it is redrawn
+    masks[1, :, 7, 3] = 1  # one pixel of the bottom left cell
+    image = conditioner()(images, masks, pool_encoder)
+    assert image.concat[:, 0].tolist() == [[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]]
+    blanked = images.clone()
+    blanked[0, :, 0:4, 0:4] = 0
+    blanked[1, :, 0:4, 4:8] = 0
+    blanked[1, :, 4:8, 0:4] = 0
+    torch.testing.assert_close(image.concat[:, 1:], pool_encoder(blanked))
+
+
+def test_cell_masks_keep_cell_masks_and_refuse_other_sizes():
+    masks = (torch.rand(3, 1, 12, 8, generator=torch.Generator().manual_seed(1)) > 0.95).float()
+    cells = cell_masks(masks, 4)
+    # Each 4x4 cell is all 1 exactly where the mask has a 1 in it, and widening again changes nothing.
+    for b in range(3):
+        for i in range(0, 12, 4):
+            for j in range(0, 8, 4):
+                expected = float(masks[b, 0, i : i + 4, j : j + 4].any())
+                assert cells[b, 0, i : i + 4, j : j + 4].eq(expected).all()
+    assert 0 < cells.mean() < 1
+    assert torch.equal(cell_masks(cells, 4), cells)
+    assert torch.equal(cell_masks(masks, 1), masks)
+    with pytest.raises(ValueError, match="a 8x10 mask does not divide into 4x4 latent cells"):
+        cell_masks(torch.zeros(1, 1, 10, 8), 4)
 
 
 def test_masks_are_binarised_at_one_half_and_blank_to_mid_grey():
