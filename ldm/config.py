@@ -273,6 +273,10 @@ class ImageConditioningConfig:
     """inpainting: widen every mask (training and sampling) to whole latent cells, so that a cell with
     any pixel to redraw is redrawn whole; false: SD's nearest-neighbour resize of the mask, which marks
     a cell kept by its top-left pixel even where others are blanked (ldm/conditioning/inpainting.py)."""
+    border_weight: float = 1.0
+    """inpainting: weight of the loss on the kept latent cells that touch the mask (its 8 neighbours of
+    each masked cell), the rest weighing 1 (1: SD's plain mean). Those few cells must agree with what
+    is drawn next to them, or the decoder carries the new content across the mask's edge."""
 
 
 @dataclass
@@ -376,6 +380,12 @@ class ComposeConfig:
     """How often each kind of scene is drawn."""
     size_words: float = 0.5
     """Fraction of captions that name each object's size ("a small red circle ...")."""
+    relation_sides: bool = False
+    """Relation scenes put each object on its own side of the image's midline across the relation's
+    axis ("a A to the left of a B": A's centre in the left half, B's in the right), each centre at
+    least 0.15 of the image side from the midline. A stereotyped layout, as photographs frame two
+    subjects: where an object goes then depends on the relation word and the object's place in the
+    caption alone, not on where the other object happens to be."""
 
 
 @dataclass

@@ -103,5 +103,6 @@ def build_image_conditioner(
             mask_empty=cfg.mask_empty,
             mask_strokes=cfg.mask_strokes,
             mask_to_cells=cfg.mask_to_cells,
+            border_weight=cfg.border_weight,
         )
     return None

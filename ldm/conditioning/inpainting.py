@@ -73,12 +73,16 @@ class InpaintingConditioner:
         mask_empty: float,
         mask_strokes: float,
         mask_to_cells: bool = True,
+        border_weight: float = 1.0,
     ):
         check_mask_shares(mask_full, mask_empty, mask_strokes)
         if factor < 1:
             raise ValueError(f"the autoencoder's factor must be >= 1, got {factor}")
+        if not border_weight > 0:
+            raise ValueError(f"image_conditioning.border_weight must be > 0, got {border_weight}")
         self.factor = factor
         self.mask_to_cells = mask_to_cells
+        self.border_weight = border_weight
         self.mask_full = mask_full
         self.mask_empty = mask_empty
         self.mask_strokes = mask_strokes
@@ -110,3 +114,12 @@ class InpaintingConditioner:
             device=images.device,
         )
         return self(images, masks, encode)
+
+    def loss_weights(self, conditioning: ImageConditioning) -> Tensor | None:
+        """Per-cell weights (b, 1, h, w) of the denoising loss: ``border_weight`` on the kept cells
+        next to a masked one (in 8-neighbourhood), 1 elsewhere; None when ``border_weight`` is 1."""
+        if self.border_weight == 1.0:
+            return None
+        masks = conditioning.concat[:, :1]
+        border = F.max_pool2d(masks, 3, stride=1, padding=1) - masks
+        return 1 + (self.border_weight - 1) * border

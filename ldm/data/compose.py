@@ -37,6 +37,7 @@ from ldm.data.compose_grammar import (
     SceneSpec,
     caption_of,
     relation_holds,
+    relation_offsets,
 )
 from ldm.data.compose_prompts import evaluation_captions, seen_pairs
 from ldm.data.shapes import (
@@ -63,6 +64,8 @@ GAP = 0.06
 """Least gap between two objects' boxes (fraction of the image side): objects never touch."""
 RELATION_MARGIN = 0.15
 """Least offset of the centres along a relation's axis (fraction of the image side)."""
+SIDE_MARGIN = 0.15
+"""With ``relation_sides``: least offset of each centre from the midline across the relation's axis."""
 RELATION_MAX_ANGLE = math.degrees(math.atan(0.5))
 """Largest angle between the centres' offset and the relation's direction (across <= along / 2)."""
 MIN_RESOLUTION = 32
@@ -140,16 +143,25 @@ def metadata_for(scene: ComposeScene) -> dict:
 
 
 def _positions(
-    rng: np.random.Generator, sides: list[int], canvas: int, relation: Optional[str]
+    rng: np.random.Generator,
+    sides: list[int],
+    canvas: int,
+    relation: Optional[str],
+    relation_sides: bool = False,
 ) -> Optional[list[tuple[int, int]]]:
     """(left, top) of each box, boxes inside the canvas and GAP apart, the relation holding between the
-    first two; None when some box found no place among _CANDIDATES tries."""
+    first two (with ``relation_sides``, each of the two on its own side of the midline); None when some
+    box found no place among _CANDIDATES tries."""
     gap = math.ceil(GAP * canvas)
     placed: list[tuple[int, int, int]] = []
-    for side in sides:
+    for index, side in enumerate(sides):
         lefts = rng.integers(0, canvas - side + 1, _CANDIDATES)
         tops = rng.integers(0, canvas - side + 1, _CANDIDATES)
         free = np.ones(_CANDIDATES, dtype=bool)
+        if relation is not None and relation_sides and index < 2:
+            centre = ((lefts + side / 2) / canvas, (tops + side / 2) / canvas)
+            pair = ((0.5, 0.5), centre) if index else (centre, (0.5, 0.5))
+            free &= relation_offsets(relation, *pair)[0] >= SIDE_MARGIN
         for left, top, other in placed:
             free &= (
                 (lefts + side + gap <= left) | (left + other + gap <= lefts)
@@ -173,17 +185,22 @@ def _side(rng: np.random.Generator, size: str, canvas: int) -> int:
 
 
 def place_scene(
-    spec: SceneSpec, rng: np.random.Generator, resolution: int, size_words: bool = False
+    spec: SceneSpec,
+    rng: np.random.Generator,
+    resolution: int,
+    size_words: bool = False,
+    relation_sides: bool = False,
 ) -> ComposeScene:
     """Draw sizes (where the spec names none; a count scene's objects share one) and non-overlapping
-    positions for a scene, its relation holding with a clear margin along the dominant axis."""
+    positions for a scene, its relation holding with a clear margin along the dominant axis (and with
+    ``relation_sides``, its two objects on either side of the image's midline)."""
     shared = SIZES[rng.integers(len(SIZES))]
     sizes = [item.size or (shared if spec.kind == "count" else SIZES[rng.integers(len(SIZES))])
              for item in spec.objects]  # fmt: skip
     canvas = resolution * SUPERSAMPLE
     for _ in range(_MAX_TRIES):
         sides = [_side(rng, size, canvas) for size in sizes]
-        positions = _positions(rng, sides, canvas, spec.relation)
+        positions = _positions(rng, sides, canvas, spec.relation, relation_sides)
         if positions is not None:
             break
     else:
@@ -206,6 +223,7 @@ class ComposeRules:
     weights: tuple[float, ...]
     """Probability of each kind (KINDS order)."""
     size_words: float
+    relation_sides: bool = False
 
     @classmethod
     def from_config(cls, config: ComposeConfig) -> ComposeRules:
@@ -224,6 +242,7 @@ class ComposeRules:
             excluded=evaluation_captions(config.held_out),
             weights=tuple(w / sum(mix) for w in mix),
             size_words=float(config.size_words),
+            relation_sides=bool(config.relation_sides),
         )
 
     def draw_spec(self, kind: str, rng: np.random.Generator) -> SceneSpec:
@@ -248,7 +267,8 @@ class ComposeRules:
         """A random scene: its kind by the mix, then its objects, sizes, positions and caption form."""
         kind = KINDS[rng.choice(len(KINDS), p=self.weights)]
         spec = self.draw_spec(kind, rng)
-        return place_scene(spec, rng, resolution, size_words=bool(rng.random() < self.size_words))
+        size_words = bool(rng.random() < self.size_words)
+        return place_scene(spec, rng, resolution, size_words, self.relation_sides)
 
 
 def _draw_scenes(
@@ -297,6 +317,7 @@ def _settings(compose: ComposeConfig) -> dict:
         "held_out": sorted(compose.held_out),
         "task_mix": asdict(compose.task_mix),
         "size_words": float(compose.size_words),
+        **({"relation_sides": True} if compose.relation_sides else {}),
         "excluded_prompts_sha1": hashlib.sha1(prompts.encode()).hexdigest(),
     }
 

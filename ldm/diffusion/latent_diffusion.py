@@ -249,4 +249,9 @@ class LatentDiffusion(nn.Module):
         independent of the batch it is in: the same on 1 process with batch 2B as on 2 with B)."""
         z = self.latents_of(batch, sample=train, generator=generator)
         context = self.conditioning_of(batch, drop=train, generator=generator)
-        return self.objective(self.model.diffusion_model, z, context, generator=generator)
+        weights = None
+        if isinstance(self.image_conditioner, InpaintingConditioner) and isinstance(context, Conditioning):
+            weights = self.image_conditioner.loss_weights(context.image)
+        return self.objective(
+            self.model.diffusion_model, z, context, generator=generator, element_weights=weights
+        )

@@ -118,19 +118,28 @@ class DiffusionObjective(nn.Module):
         z0: torch.Tensor,
         context: Context,
         generator: Generators = None,
+        element_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean (weighted) squared error of network(z_t, t, context) against the target, t ~ U{0..T-1};
         `context`: text tokens, or a Conditioning whose image is concatenated to z_t; `generator`:
-        None (the global one), one for the batch, or one per sample."""
+        None (the global one), one for the batch, or one per sample; `element_weights`: weights
+        broadcast over z0's elements, each sample's error their weighted mean (None: all equal)."""
         t = sample_timesteps(z0.shape[0], self.num_timesteps, z0.device, generator)
         noise = sample_noise(z0, self.offset_noise, generator)
         a_t = self.alphas_cumprod[t]
         z_t = q_sample(z0, a_t, noise)
         prediction = call_network(network, z_t, t, context).float()
         target = training_target(z0, noise, a_t, self.parameterization).float()
-        if self.loss_weighting == "uniform":
-            return F.mse_loss(prediction, target)
-        per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)  # [B]
+        if element_weights is None:
+            if self.loss_weighting == "uniform":
+                return F.mse_loss(prediction, target)
+            per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)  # [B]
+        else:
+            weights = element_weights.float().expand_as(target)
+            weighted = (weights * (prediction - target).pow(2)).flatten(1).sum(1)
+            per_sample = weighted / weights.flatten(1).sum(1)
+            if self.loss_weighting == "uniform":
+                return per_sample.mean()
         weights = loss_weights(
             snr_from_alphas_cumprod(a_t), self.parameterization, self.loss_weighting, self.min_snr_gamma
         )

@@ -90,3 +90,20 @@ def test_training_masks_come_from_the_generator():
     a = conditioner().for_training(images, pool_encoder, torch.Generator().manual_seed(7))
     b = conditioner().for_training(images, pool_encoder, torch.Generator().manual_seed(7))
     assert torch.equal(a.concat, b.concat)
+
+
+def test_border_weights_fall_on_the_kept_cells_beside_the_mask():
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, :, 4:8, 4:12] = 1  # latent cells (1, 1) and (1, 2) of a 4x4 grid
+    masks[1] = 1  # a full mask has no kept cell
+    image = conditioner()(torch.zeros(2, 3, 16, 16), masks, pool_encoder)
+    weighted = InpaintingConditioner(
+        factor=4, mask_full=0.25, mask_empty=0.1, mask_strokes=0.5, border_weight=3.0
+    ).loss_weights(image)
+    expected = torch.ones(2, 1, 4, 4)
+    expected[0, 0, 0:3, 0:4] = 3.0  # the 8-neighbourhood of the two masked cells ...
+    expected[0, 0, 1, 1:3] = 1.0  # ... but not the masked cells themselves
+    torch.testing.assert_close(weighted, expected)
+    assert conditioner().loss_weights(image) is None  # weight 1: the plain mean
+    with pytest.raises(ValueError, match="image_conditioning.border_weight must be > 0, got 0"):
+        InpaintingConditioner(factor=4, mask_full=0.25, mask_empty=0.1, mask_strokes=0.5, border_weight=0)

@@ -17,6 +17,7 @@ from ldm.data import shapes
 from ldm.data.compose import (
     GAP,
     RELATION_MARGIN,
+    SIDE_MARGIN,
     SIZE_RANGES,
     ComposeRules,
     compose_folder,
@@ -27,7 +28,7 @@ from ldm.data.compose import (
     render_scene,
     write_compose_dataset,
 )
-from ldm.data.compose_grammar import KINDS, ObjectSpec, SceneSpec, caption_of, parse_caption
+from ldm.data.compose_grammar import KINDS, RELATIONS, ObjectSpec, SceneSpec, caption_of, parse_caption
 from ldm.data.compose_prompts import evaluation_captions
 from ldm.data.shapes import COLORS
 from ldm.data.shards import shard_urls
@@ -191,6 +192,36 @@ def test_a_custom_mix_and_held_out_pairs_are_obeyed():
     assert all(not s.metadata["size_words"] for s in samples)
     assert all("cyan square" not in s.caption for s in samples)
     assert {o["color"] + " " + o["shape"] for s in samples for o in s.metadata["objects"]} >= {"red triangle"}
+
+
+def test_relation_sides_put_each_object_on_its_side_of_the_midline():
+    relations_only = ComposeTaskMix(single=0, count=0, pair=0, relation=1)
+    compose = ComposeConfig(task_mix=relations_only, relation_sides=True)
+    samples = list(generate_compose(400, resolution=64, seed=0, compose=compose))
+    relations = {}
+    for sample in samples:
+        meta = sample.metadata
+        (x1, y1, _), (x2, y2, _) = boxes(meta)
+        axis, sign = RELATIONS[meta["relation"]]
+        first, second = (x1, y1)[axis], (x2, y2)[axis]
+        # The first object's centre lies before the midline by half the margin, the second's after it.
+        assert sign * (0.5 - first) >= SIDE_MARGIN - 1e-9
+        assert sign * (second - 0.5) >= SIDE_MARGIN - 1e-9
+        assert abs((y2 - y1, x2 - x1)[axis]) <= abs((x2 - x1, y2 - y1)[axis]) / 2 + 1e-9  # still dominant
+        relations[meta["relation"]] = relations.get(meta["relation"], 0) + 1
+    assert len(relations) == 4 and min(relations.values()) > 60
+    # Without the option the first object crosses the midline in a good share of relation scenes.
+    plain = generate_compose(400, resolution=64, seed=0, compose=ComposeConfig(task_mix=relations_only))
+    crossed = 0
+    for sample in plain:
+        meta = sample.metadata
+        axis, sign = RELATIONS[meta["relation"]]
+        crossed += sign * (0.5 - (boxes(meta)[0][axis])) < SIDE_MARGIN
+    assert crossed > 100  # the default lets many relation scenes cross it
+    # The option has its own folder; the default's folder (and so every existing set) is unchanged.
+    sizes = dict(resolution=64, seed=0, num_train=10, num_val=3)
+    plain_folder = compose_folder("r", **sizes, compose=ComposeConfig(task_mix=relations_only))
+    assert compose_folder("r", **sizes, compose=compose) != plain_folder
 
 
 def test_train_and_val_share_no_image():

@@ -75,6 +75,32 @@ def test_min_snr_loss_equals_a_hand_computation(parameterization):
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("weighting", ["uniform", "min_snr"])
+def test_element_weights_weigh_each_samples_mean(weighting):
+    objective = DiffusionObjective(AC, "eps", loss_weighting=weighting, min_snr_gamma=2.0)
+    z0 = torch.randn(3, 4, 2, 2)
+    weights = torch.ones(3, 1, 2, 2)
+    weights[0, 0, 0, 0] = 5.0  # one cell of the first sample counts five times, in all 4 channels
+    weights[2] = 0.5  # a constant weight changes nothing
+    draws = dict(generator=torch.Generator().manual_seed(2))
+    loss = objective(ConstantNetwork(), z0, None, **draws, element_weights=weights)
+    plain = objective(ConstantNetwork(), z0, None, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    t = torch.randint(0, 100, (3,), generator=g)
+    noise = torch.randn(z0.shape, generator=g)
+    error = (0.3 - noise).pow(2)  # eps target
+    per_sample = error.mean(dim=(1, 2, 3))
+    per_sample[0] = (error[0].sum() + 4 * error[0, :, 0, 0].sum()) / (16 + 4 * 4)
+    snr = AC.float()[t] / (1 - AC.float()[t])
+    weight = torch.ones(3) if weighting == "uniform" else (2.0 / snr).clamp(max=1)
+    torch.testing.assert_close(loss, (weight * per_sample).mean())
+    # All weights equal: the plain loss.
+    same = objective(ConstantNetwork(), z0, None, generator=torch.Generator().manual_seed(2),
+                     element_weights=torch.full((3, 1, 2, 2), 2.0))  # fmt: skip
+    torch.testing.assert_close(same, plain)
+    assert not torch.allclose(loss, plain)
+
+
 def test_offset_noise_adds_a_per_channel_constant():
     objective = DiffusionObjective(AC, "eps", offset_noise=0.1)
     z0 = torch.randn(3, 4, 5, 5)
