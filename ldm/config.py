@@ -291,6 +291,10 @@ class SamplerConfig:
     """Classifier-free guidance scale (1 = no guidance)."""
     guidance_rescale: float = 0.0
     """Guidance rescale phi in [0, 1] (Lin et al. 2024, Eq. 15-16; 0 = plain guidance, they use 0.7)."""
+    guidance_interval: Optional[list[float]] = None
+    """[low, high]: classifier-free guidance only at noise levels low < sigma <= high, the conditional
+    prediction alone elsewhere (Kynkaanniemi et al. 2024; sigma as in Karras et al., SD's range is
+    0.03-14.6); null: guidance at every step."""
     eta: Optional[float] = None
     """Noise scale of ddim, euler_ancestral and dpmpp_2m_sde (0 = deterministic); null: the sampler's default (ddim 0, the others 1)."""
     schedule: str = "discrete"

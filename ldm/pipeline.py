@@ -143,7 +143,9 @@ class Text2Image:
             raise ValueError(f"sampler steps must be >= 1, got {sampler.steps}")
         get_sampler(sampler.name)
         self.sigmas(sampler)  # checks the schedule, spacing and step count
-        CFGDenoiser(self.denoiser, sampler.guidance_scale, sampler.guidance_rescale)  # checks both
+        CFGDenoiser(
+            self.denoiser, sampler.guidance_scale, sampler.guidance_rescale, sampler.guidance_interval
+        )
         if self.distilled is not None:
             self.distilled.check_request(sampler, negative_prompt)
         return height, width
@@ -243,7 +245,9 @@ class Text2Image:
             guided: Callable[..., torch.Tensor] = GuidanceInputDenoiser(self._denoise, sampler.guidance_scale)
             uncond = None
         else:
-            guided = CFGDenoiser(self._denoise, sampler.guidance_scale, sampler.guidance_rescale)
+            guided = CFGDenoiser(
+                self._denoise, sampler.guidance_scale, sampler.guidance_rescale, sampler.guidance_interval
+            )
             uncond = self.text_encoder([negative_prompt] * len(prompts))
         if image is not None:
             context = Conditioning(context, image)

@@ -61,7 +61,9 @@ class DistilledSampling:
 
     def sampler(self, base: SamplerConfig) -> SamplerConfig:
         """`base` (its guidance scale kept) as the sampler this student was distilled for."""
-        return dataclasses.replace(base, **DISTILLED_SAMPLER, steps=self.steps, eta=0.0, guidance_rescale=0.0)
+        return dataclasses.replace(
+            base, **DISTILLED_SAMPLER, steps=self.steps, eta=0.0, guidance_rescale=0.0, guidance_interval=None
+        )
 
     def check_request(self, sampler: SamplerConfig, negative_prompt: str = "") -> None:
         """Raise a one-line error for a sampler this student was not distilled for."""
@@ -82,6 +84,10 @@ class DistilledSampling:
         if self.guided and sampler.guidance_rescale != 0:
             raise ValueError(
                 "guidance rescale does not apply to a guidance-distilled checkpoint (no CFG branches)"
+            )
+        if self.guided and sampler.guidance_interval is not None:
+            raise ValueError(
+                "a guidance interval does not apply to a guidance-distilled checkpoint (no CFG branches)"
             )
         if self.guided and negative_prompt:
             raise ValueError(

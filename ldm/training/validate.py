@@ -30,6 +30,7 @@ from ldm.diffusion.schedules import BETA_SCHEDULES
 from ldm.diffusion.weighting import LOSS_WEIGHTINGS
 from ldm.optim import LR_SCHEDULES
 from ldm.samplers import SAMPLERS
+from ldm.samplers.guidance import check_guidance_interval
 from ldm.samplers.sigmas import SCHEDULES, SPACINGS
 from ldm.training.precision import resolve_precision, uses_cuda
 from ldm.training.throughput import check_window
@@ -133,6 +134,10 @@ def check_config(config: TrainConfig, autoencoder: Optional[AutoencoderConfig] =
     _at_least("sampler.steps", sampler.steps, 1)
     _at_least("sampler.guidance_scale", sampler.guidance_scale, 0)
     _within("sampler.guidance_rescale", sampler.guidance_rescale, 0, 1)
+    try:
+        check_guidance_interval(sampler.guidance_interval)
+    except ValueError as error:
+        raise ConfigError(f"config: sampler.guidance_interval: {error}") from None
     _at_least("sampler.eta", sampler.eta, 0, optional=True)
     _one_of("sampler.schedule", sampler.schedule, SCHEDULES)
     _one_of("sampler.spacing", sampler.spacing, SPACINGS)

@@ -91,6 +91,7 @@ def test_a_student_without_distilled_guidance_keeps_classifier_free_guidance():
         ({"eta": 1.0}, "got eta=1.0"),
         ({"spacing": "leading", "schedule": "karras"}, "got schedule=karras, spacing=leading"),
         ({"guidance_rescale": 0.7}, "guidance rescale does not apply to a guidance-distilled checkpoint"),
+        ({"guidance_interval": [0.5, 3.0]}, "a guidance interval does not apply to a guidance-distilled"),
     ],
 )
 def test_other_samplers_are_refused(change, message):

@@ -63,6 +63,30 @@ def test_guidance_rescale_out_of_range_raises(rescale):
         CFGDenoiser(Linear(), 5.0, guidance_rescale=rescale)
 
 
+def test_guidance_interval_guides_only_inside_it():
+    cond, uncond = torch.full((3, 2), 2.0), torch.full((3, 2), 0.5)
+    x = torch.zeros(3, 2)
+    d = Linear()
+    guided = CFGDenoiser(d, 4.0, guidance_interval=[0.5, 2.0])
+    # Per sample: sigma 0.5 is outside (the interval is open below), 2.0 inside, 3.0 outside.
+    out = guided(x, torch.tensor([0.5, 2.0, 3.0]), cond, uncond)
+    torch.testing.assert_close(out, torch.tensor([[2.0, 2.0], [6.5, 6.5], [2.0, 2.0]]))
+    assert d.calls == 1
+    # A step wholly outside: the conditional prediction from one unbatched call.
+    d.calls = 0
+    out = guided(torch.zeros(1, 2), torch.tensor([5.0]), cond[:1], uncond[:1])
+    torch.testing.assert_close(out, torch.full((1, 2), 2.0))
+    assert d.calls == 1
+
+
+@pytest.mark.parametrize("interval", [[1.0, 1.0], [2.0, 1.0], [-1.0, 1.0], [1.0]])
+def test_a_bad_guidance_interval_raises(interval):
+    with pytest.raises(
+        ValueError, match="guidance interval must be \\[low, high\\] sigmas with 0 <= low < high"
+    ):
+        CFGDenoiser(Linear(), 5.0, guidance_interval=interval)
+
+
 def test_every_step_of_a_run_gets_the_same_batched_context():
     seen = []
 

@@ -42,3 +42,5 @@ def test_flags_override_only_what_they_name():
     assert rescaled == SamplerConfig(name="ddim", steps=50, guidance_scale=5.0, guidance_rescale=0.7)
     chosen = sampler_from_args(base, p.parse_args(["--rescale", "0.7", "--scale", "3", "--sampler", "euler"]))
     assert (chosen.name, chosen.guidance_scale, chosen.guidance_rescale) == ("euler", 3.0, 0.7)
+    interval = sampler_from_args(base, p.parse_args(["--guidance-interval", "0.3", "5"]))
+    assert interval == SamplerConfig(name="ddim", steps=50, guidance_scale=5.0, guidance_interval=[0.3, 5.0])

@@ -25,6 +25,7 @@ IMPOSSIBLE = [
     ("conditioner.caption_dropout=1.5", "conditioner.caption_dropout must be in [0, 1) (got 1.5)"),
     ("data.max_skip_fraction=-0.1", "data.max_skip_fraction must be in [0, 1] (got -0.1)"),
     ("sampler.guidance_rescale=2", "sampler.guidance_rescale must be in [0, 1] (got 2.0)"),
+    ("sampler.guidance_interval=[3,1]", "sampler.guidance_interval: guidance interval must be [low, high]"),
     ("sampler.name=dpm", "sampler.name must be one of ddpm, ddim"),
     ("trainer.precision=bf17-mixed", "trainer.precision must be one of auto, "),
     ("logger.kind=tensorbored", "logger.kind must be one of csv, wandb, tensorboard (got 'tensorbored')"),
