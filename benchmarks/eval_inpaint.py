@@ -10,7 +10,8 @@ and another shape ("a {color} {shape}", both drawn at random from the ones that 
 Reported: how often the shapes evaluator finds the asked colour and the asked shape, and the PSNR
 against the input outside the mask, pooled over all those pixels of all images, beside the
 autoencoder's own reconstruction PSNR on the same pixels (encode, decode; the best the model's
-latents can do there). Images whose mask covers everything count for the hit rates only.
+latents can do there), and both again beyond one latent cell of the mask and in each of the three
+one-pixel rings next to it. Images whose mask covers everything count for the hit rates only.
 
 Also reported, without sampling, the bound of any inpainter that works in this autoencoder's latent
 space: the ideal result (the input with the asked shape drawn in the old shape's box, so equal to the
@@ -119,6 +120,21 @@ def pooled_psnr(outputs: torch.Tensor, inputs: torch.Tensor, keep: torch.Tensor)
     return float(10 * torch.log10(1 / mse)) if mse > 0 else math.inf
 
 
+RINGS = 3
+"""Rings of pixels next to the mask that the evaluation reports apart (1: the pixels touching it)."""
+
+
+def rings(masks: torch.Tensor, count: int = RINGS) -> list[torch.Tensor]:
+    """[B, 1, H, W] masks of the kept pixels at Chebyshev distance 1, 2, ..., `count` from the mask."""
+    grown = [masks] + [F.max_pool2d(masks, 2 * d + 1, stride=1, padding=d) for d in range(1, count + 1)]
+    return [grown[d] - grown[d - 1] for d in range(1, count + 1)]
+
+
+def ring_psnrs(outputs: torch.Tensor, inputs: torch.Tensor, masks: torch.Tensor) -> list[float]:
+    """PSNR against the input in each ring next to the mask (``rings``), all images pooled."""
+    return [pooled_psnr(outputs, inputs, ring) if ring.sum() > 0 else math.nan for ring in rings(masks)]
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """Inpaint the validation split and measure; returns the result (see the module docstring)."""
     inpainter = Inpainter.from_checkpoint(args.ckpt, device=args.device)
@@ -161,6 +177,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "autoencoder_psnr_outside_mask": pooled_psnr(reconstructed, images, keep),
         "psnr_beyond_one_cell": pooled_psnr(outputs, images, beyond),
         "autoencoder_psnr_beyond_one_cell": pooled_psnr(reconstructed, images, beyond),
+        "psnr_rings": ring_psnrs(outputs, images, masks),
+        "autoencoder_psnr_rings": ring_psnrs(reconstructed, images, masks),
         "ideal_result_psnr_outside_mask": pooled_psnr(ideal_decoded, images, keep),
         "ideal_latents_psnr_outside_mask": pooled_psnr(composite, images, keep),
         "mask_fraction": float(masks.mean()),
@@ -181,6 +199,12 @@ def markdown_table(result: dict) -> str:
         f"{result['psnr_outside_mask']:.2f} | {result['autoencoder_psnr_outside_mask']:.2f} | {gap:+.2f} |\n\n"
         f"Beyond one latent cell of the mask: {result['psnr_beyond_one_cell']:.2f} dB (the autoencoder's "
         f"{result['autoencoder_psnr_beyond_one_cell']:.2f} dB)\n\n"
+        "In the rings of pixels next to the mask (1 px away, 2 px, ...): "
+        + ", ".join(
+            f"{ours:.2f} dB (autoencoder {theirs:.2f})"
+            for ours, theirs in zip(result["psnr_rings"], result["autoencoder_psnr_rings"], strict=True)
+        )
+        + "\n\n"
         "The bound of a perfect latent-space inpainter, outside the mask: the ideal result encoded and "
         f"decoded {result['ideal_result_psnr_outside_mask']:.2f} dB; the input's latents with the ideal "
         f"result's in the masked cells {result['ideal_latents_psnr_outside_mask']:.2f} dB\n"

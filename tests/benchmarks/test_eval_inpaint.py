@@ -37,6 +37,24 @@ def test_pooled_psnr_is_over_the_kept_pixels_only(load_benchmark):
     assert eval_inpaint.pooled_psnr(outputs, inputs, keep) == pytest.approx(expected)
 
 
+def test_rings_are_the_kept_pixels_at_each_distance_from_the_mask(load_benchmark):
+    eval_inpaint = load_benchmark("eval_inpaint")
+    masks = torch.zeros(1, 1, 12, 12)
+    masks[0, 0, 4:8, 4:8] = 1
+    rings = eval_inpaint.rings(masks)
+    rows, cols = torch.meshgrid(torch.arange(12), torch.arange(12), indexing="ij")
+    # Chebyshev distance of each pixel from the 4x4 square [4, 8) x [4, 8)
+    distance = torch.maximum(
+        (4 - rows).clamp(min=0) + (rows - 7).clamp(min=0), (4 - cols).clamp(min=0) + (cols - 7).clamp(min=0)
+    )
+    for d, ring in enumerate(rings, start=1):
+        torch.testing.assert_close(ring[0, 0], (distance == d).float())
+    outputs = torch.zeros(1, 3, 12, 12)
+    outputs[:, :, distance == 2] = 0.1
+    psnrs = eval_inpaint.ring_psnrs(outputs, torch.zeros(1, 3, 12, 12), masks)
+    assert psnrs[0] == math.inf and psnrs[1] == pytest.approx(20.0) and psnrs[2] == math.inf
+
+
 def test_a_run_reports_hit_rates_and_both_psnrs(load_benchmark, tmp_path, capsys):
     eval_inpaint = load_benchmark("eval_inpaint")
     samples = list(generate_shapes(50, resolution=32, seed=0, split="val"))
@@ -51,7 +69,10 @@ def test_a_run_reports_hit_rates_and_both_psnrs(load_benchmark, tmp_path, capsys
     assert result["autoencoder_psnr_outside_mask"] > 0 and result["psnr_outside_mask"] > 0
     assert result["autoencoder_psnr_beyond_one_cell"] > 0 and result["psnr_beyond_one_cell"] > 0
     assert result["ideal_result_psnr_outside_mask"] > 0 and result["ideal_latents_psnr_outside_mask"] > 0
-    assert "| asked color % |" in capsys.readouterr().out
+    assert len(result["psnr_rings"]) == len(result["autoencoder_psnr_rings"]) == 3
+    assert min(result["psnr_rings"]) > 0
+    printed = capsys.readouterr().out
+    assert "| asked color % |" in printed and "In the rings of pixels next to the mask" in printed
 
 
 def test_the_ideal_result_keeps_the_input_outside_the_mask_and_shows_the_target(load_benchmark):
@@ -62,7 +83,9 @@ def test_the_ideal_result_keeps_the_input_outside_the_mask_and_shows_the_target(
     samples = list(generate_shapes(40, resolution=32, seed=0, split="val"))
     targets = eval_inpaint.other_targets(samples, seed=1)
     ideal = eval_inpaint.ideal_results(samples, targets)
-    images = torch.stack([torch.from_numpy(np.asarray(s.image)).permute(2, 0, 1).float() / 255 for s in samples])
+    images = torch.stack(
+        [torch.from_numpy(np.asarray(s.image)).permute(2, 0, 1).float() / 255 for s in samples]
+    )
     masks = torch.stack([eval_inpaint.shape_mask(s, 4) for s in samples])
     assert torch.equal(ideal * (1 - masks), images * (1 - masks))
     assert not torch.equal(ideal, images)
