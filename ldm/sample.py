@@ -142,6 +142,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--scale must be >= 0, got {args.scale}")
     if args.rescale is not None and not 0.0 <= args.rescale <= 1.0:
         raise ValueError(f"--rescale must be in [0, 1], got {args.rescale}")
+    interval = getattr(args, "guidance_interval", None)
+    if interval is not None and not 0 <= interval[0] < interval[1]:
+        low, high = interval
+        raise ValueError(f"--guidance-interval needs 0 <= LOW < HIGH, got {low:g} {high:g}")
     strength = getattr(args, "strength", None)
     if strength is not None and not 0.0 <= strength <= 1.0:
         raise ValueError(f"--strength must be in [0, 1], got {strength}")

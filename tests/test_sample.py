@@ -123,6 +123,10 @@ def one_error_line(capsys, argv: list[str]) -> str:
         (["--prompt", "a red circle", "--scale", "-0.5"], "--scale must be >= 0, got -0.5"),
         (["--prompt", "a red circle", "--scale", "nan"], "--scale must be >= 0, got nan"),
         (["--prompt", "a red circle", "--rescale", "1.5"], "--rescale must be in [0, 1], got 1.5"),
+        (
+            ["--prompt", "a red circle", "--guidance-interval", "5", "0.3"],
+            "--guidance-interval needs 0 <= LOW < HIGH, got 5 0.3",
+        ),
         (["--prompt", "a red circle", "--H", "-32"], "--H must be >= 1, got -32"),
         (
             ["--prompt", "a red circle", "--H", "31"],
