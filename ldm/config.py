@@ -384,6 +384,11 @@ class ComposeConfig:
     """How often each kind of scene is drawn."""
     size_words: float = 0.5
     """Fraction of captions that name each object's size ("a small red circle ...")."""
+    relation_same_color: Optional[float] = None
+    """Share of relation scenes whose two objects have one colour ("a red circle above a red square");
+    null: as drawn (about one in seven). Where the colours differ, each object's colour shows where it
+    is as soon as its blob does, so the model never needs the relation word to tell them apart; where
+    they are alike, only the word says which shape goes where."""
     relation_sides: bool = False
     """Relation scenes put each object on its own side of the image's midline across the relation's
     axis ("a A to the left of a B": A's centre in the left half, B's in the right), each centre at

@@ -224,6 +224,7 @@ class ComposeRules:
     """Probability of each kind (KINDS order)."""
     size_words: float
     relation_sides: bool = False
+    relation_same_color: Optional[float] = None
 
     @classmethod
     def from_config(cls, config: ComposeConfig) -> ComposeRules:
@@ -233,6 +234,9 @@ class ComposeRules:
             raise ValueError(f"data.compose.task_mix must be non-negative with a positive sum (got {mix})")
         if not 0 <= config.size_words <= 1:
             raise ValueError(f"data.compose.size_words must be in [0, 1] (got {config.size_words})")
+        same = config.relation_same_color
+        if same is not None and not 0 <= same <= 1:
+            raise ValueError(f"data.compose.relation_same_color must be in [0, 1] or null (got {same})")
         try:
             seen = seen_pairs(config.held_out)
         except ValueError as error:
@@ -243,6 +247,7 @@ class ComposeRules:
             weights=tuple(w / sum(mix) for w in mix),
             size_words=float(config.size_words),
             relation_sides=bool(config.relation_sides),
+            relation_same_color=config.relation_same_color,
         )
 
     def draw_spec(self, kind: str, rng: np.random.Generator) -> SceneSpec:
@@ -254,7 +259,15 @@ class ComposeRules:
             elif kind == "count":
                 spec = SceneSpec(kind, (first,) * list(COUNT_WORDS)[rng.integers(len(COUNT_WORDS))])
             else:
-                second = self.seen[rng.integers(len(self.seen))]
+                candidates = self.seen
+                if kind == "relation" and self.relation_same_color is not None:
+                    alike = rng.random() < self.relation_same_color
+                    candidates = tuple(
+                        o for o in self.seen if o != first and (o.color == first.color) == alike
+                    )
+                    if not candidates:
+                        continue
+                second = candidates[rng.integers(len(candidates))]
                 if second == first:
                     continue
                 relation = list(RELATIONS)[rng.integers(len(RELATIONS))] if kind == "relation" else None
@@ -318,6 +331,11 @@ def _settings(compose: ComposeConfig) -> dict:
         "task_mix": asdict(compose.task_mix),
         "size_words": float(compose.size_words),
         **({"relation_sides": True} if compose.relation_sides else {}),
+        **(
+            {"relation_same_color": compose.relation_same_color}
+            if compose.relation_same_color is not None
+            else {}
+        ),
         "excluded_prompts_sha1": hashlib.sha1(prompts.encode()).hexdigest(),
     }
 

@@ -224,6 +224,25 @@ def test_relation_sides_put_each_object_on_its_side_of_the_midline():
     assert compose_folder("r", **sizes, compose=compose) != plain_folder
 
 
+def test_relation_same_color_sets_the_share_of_alike_colours():
+    relations_only = ComposeTaskMix(single=0, count=0, pair=0, relation=1)
+
+    def alike_share(compose: ComposeConfig) -> float:
+        samples = list(generate_compose(600, resolution=32, seed=0, compose=compose))
+        for sample in samples:  # still two different seen pairs, captioned as placed
+            first, second = sample.metadata["objects"]
+            assert (first["color"], first["shape"]) != (second["color"], second["shape"])
+            assert f"{first['color']} {first['shape']}" not in HELD_OUT
+        return (
+            sum(s.metadata["objects"][0]["color"] == s.metadata["objects"][1]["color"] for s in samples) / 600
+        )
+
+    assert 0.08 < alike_share(ComposeConfig(task_mix=relations_only)) < 0.22  # as drawn: about 1 in 7
+    assert abs(alike_share(ComposeConfig(task_mix=relations_only, relation_same_color=0.5)) - 0.5) < 0.08
+    assert alike_share(ComposeConfig(task_mix=relations_only, relation_same_color=1.0)) == 1.0
+    assert alike_share(ComposeConfig(task_mix=relations_only, relation_same_color=0.0)) == 0.0
+
+
 def test_train_and_val_share_no_image():
     train = {s.image.tobytes() for s in generate_compose(1500, resolution=32, seed=0)}
     val = {s.image.tobytes() for s in generate_compose(200, resolution=32, seed=0, split="val")}
@@ -298,6 +317,7 @@ def test_data_config_dispatch(tmp_path):
         (ComposeConfig(task_mix=ComposeTaskMix(single=-1)), "task_mix must be non-negative"),
         (ComposeConfig(task_mix=ComposeTaskMix(0, 0, 0, 0)), "with a positive sum"),
         (ComposeConfig(size_words=1.5), r"size_words must be in \[0, 1\]"),
+        (ComposeConfig(relation_same_color=-0.5), r"relation_same_color must be in \[0, 1\] or null"),
     ],
 )
 def test_bad_compose_settings_raise(compose, message):
