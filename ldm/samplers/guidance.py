@@ -5,16 +5,17 @@ the empty prompt's, or a negative prompt's. An image-conditioned model's image (
 ``ldm.conditioning.concat``) goes to both branches: guidance drops the text only, as SD's pipelines.
 Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
 Eq. 15-16) pulls the per-sample standard deviation of the guided prediction back toward the
-conditional one's, which counters the over-exposure of large scales (and a guidance interval,
-Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample and Distribution
-Quality in Diffusion Models", guides only the steps whose sigma lies in (low, high]: the
-conditional prediction alone elsewhere, one network call instead of two):
+conditional one's, which counters the over-exposure of large scales:
 
     x_rescaled = x_cfg * std(x_pos) / std(x_cfg)                  (Eq. 15)
     x_final    = phi * x_rescaled + (1 - phi) * x_cfg             (Eq. 16)
 
 Here x is the denoised prediction D (the quantity samplers see). diffusers applies the same formula
 to the network's raw output (eps or v), which gives different numbers for eps networks.
+
+A guidance interval (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval Improves
+Sample and Distribution Quality in Diffusion Models") guides only the steps whose sigma lies in
+(low, high]; elsewhere the conditional prediction is used alone, one network call instead of two.
 """
 
 from __future__ import annotations
