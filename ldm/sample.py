@@ -36,6 +36,7 @@ from tqdm import tqdm
 from ldm.cli import command_parser, run_command
 from ldm.inpainter import Inpainter
 from ldm.pipeline import Text2Image, img2img_steps
+from ldm.samplers.guidance import check_guidance_interval
 from ldm.samplers.presets import add_sampler_args, sampler_from_args
 from ldm.upscaler import Upscaler
 
@@ -143,9 +144,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.rescale is not None and not 0.0 <= args.rescale <= 1.0:
         raise ValueError(f"--rescale must be in [0, 1], got {args.rescale}")
     interval = getattr(args, "guidance_interval", None)
-    if interval is not None and not 0 <= interval[0] < interval[1]:
+    try:
+        check_guidance_interval(interval)
+    except ValueError:
         low, high = interval
-        raise ValueError(f"--guidance-interval needs 0 <= LOW < HIGH, got {low:g} {high:g}")
+        raise ValueError(f"--guidance-interval needs 0 <= LOW < HIGH, got {low:g} {high:g}") from None
     strength = getattr(args, "strength", None)
     if strength is not None and not 0.0 <= strength <= 1.0:
         raise ValueError(f"--strength must be in [0, 1], got {strength}")
