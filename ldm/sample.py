@@ -129,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument(
         "--mask", type=str, required=True, help="a mask as large as the image: white = redraw, black = keep"
     )
+    paint.add_argument(
+        "--paste-back",
+        type=float,
+        nargs="?",
+        const=0.0,
+        default=None,
+        metavar="BLUR",
+        help="paste the input back outside the mask after decoding, blended over a Gaussian of BLUR pixels "
+        "outside it (default 0: a hard edge); without it the model's own rendering of the kept part is written",
+    )
     add_sampling_args(paint, outdir="outputs/inpaint-samples", steps_help=steps_help)
     return p
 
@@ -152,6 +162,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     strength = getattr(args, "strength", None)
     if strength is not None and not 0.0 <= strength <= 1.0:
         raise ValueError(f"--strength must be in [0, 1], got {strength}")
+    paste_back = getattr(args, "paste_back", None)
+    if paste_back is not None and not paste_back >= 0:
+        raise ValueError(f"--paste-back takes a mask blur >= 0 pixels, got {paste_back:g}")
     noise_level = getattr(args, "noise_level", None)
     if noise_level is not None and not 0 <= noise_level <= 999:
         raise ValueError(f"--noise-level must be in [0, 999], got {noise_level}")
@@ -343,6 +356,7 @@ def inpaint(args: argparse.Namespace) -> list[Path]:
             sampler=sampler,
             negative_prompt=args.negative_prompt,
             callback=callback,
+            paste=args.paste_back,
         )
 
     return write_samples(args, prompts, sampler.steps, f"{sampler.name} x{sampler.steps}", generate)

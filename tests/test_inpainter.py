@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from ldm.conditioning.inpainting import masked_images
-from ldm.inpainter import Inpainter
+from ldm.inpainter import Inpainter, feathered, paste_unmasked
 from ldm.pipeline import Text2Image
 from ldm.samplers.distilled import DistilledSampling
 from ldm.samplers.presets import sampler_preset
@@ -78,3 +79,34 @@ def test_a_distilled_student_inpaints_with_its_sampler_only(tmp_path):
     assert calls == [(2, 4 + 5, 16, 16)] * 2  # its 2 steps, both guidance branches; latent + mask + latent
     with pytest.raises(ValueError, match="distilled for deterministic DDIM on trailing discrete timesteps"):
         inpainter(images, masks, ["a"], [0], sampler=dataclasses.replace(inpainter.sampler, name="euler"))
+
+
+def test_feathered_masks_fall_off_as_the_gaussian_tail_outside_and_stay_one_inside():
+    masks = torch.zeros(1, 1, 8, 48)
+    masks[..., :16] = 1  # a half plane: pixel j's centre lies j - 15.5 pixels beyond its edge
+    blurred = feathered(masks, 2.0)
+    assert torch.equal(blurred[..., :16], masks[..., :16]) and torch.equal(feathered(masks, 0.0), masks)
+    for j in range(16, 28):  # the closed form: the Gaussian's mass beyond the pixel's distance to the edge
+        tail = 0.5 * math.erfc((j - 15.5) / (2.0 * math.sqrt(2)))
+        assert abs(blurred[0, 0, 4, j].item() - tail) < 0.01, j
+    assert torch.all(blurred[..., 30:] < 1e-5) and torch.all(blurred[..., 1:] <= blurred[..., :-1])
+    with pytest.raises(ValueError, match="the mask blur must be >= 0 pixels, got -1"):
+        feathered(masks, -1.0)
+
+
+def test_pasting_back_keeps_the_input_outside_the_mask_and_the_sample_inside(ckpt):
+    inpainter = Inpainter.from_checkpoint(ckpt, device="cpu")
+    sampler = sampler_preset(inpainter.sampler, steps=2)
+    images, masks = inputs()
+    drawn = inpainter(images, masks, ["a red circle"] * 2, [3, 4], sampler=sampler)
+    pasted = inpainter(images, masks * 0.7, ["a red circle"] * 2, [3, 4], sampler=sampler, paste=0)
+    inside = masks.expand_as(images).bool()
+    assert torch.equal(pasted[~inside], images[~inside]) and torch.equal(pasted[inside], drawn[inside])
+    assert (drawn[~inside] - images[~inside]).abs().max() > 0.05  # so the paste did change something
+    soft = inpainter(images, masks, ["a red circle"] * 2, [3, 4], sampler=sampler, paste=1.5)
+    torch.testing.assert_close(soft, paste_unmasked(drawn, images, masks, 1.5))
+    assert torch.equal(soft[:, :, :, :3], images[:, :, :, :3])  # beyond the blur's reach, ceil(3 sigma) px
+    ring = soft[:, :, 8:24, 7] - images[:, :, 8:24, 7]  # the column beside the mask: blended
+    assert 0 < (ring / (drawn[:, :, 8:24, 7] - images[:, :, 8:24, 7])).median() < 1
+    with pytest.raises(ValueError, match="the mask blur of the paste must be >= 0 pixels, got -2"):
+        inpainter(images, masks, ["a"] * 2, [0, 1], paste=-2)

@@ -304,6 +304,23 @@ def test_inpaint_writes_what_the_inpainter_samples(inpaint_ckpt, tmp_path):
     assert np.array_equal(read_pngs(written), as_png(expected))
 
 
+def test_inpaint_pastes_the_input_back_outside_the_mask(inpaint_ckpt, tmp_path):
+    image = write_png(tmp_path / "in.png", (32, 32), (4, 4, 20, 20), (0, 0, 255))
+    mask = write_png(tmp_path / "mask.png", (32, 32), (8, 8, 24, 24), (255,))
+    args = ["inpaint", "--ckpt", str(inpaint_ckpt), "--init-img", str(image), "--mask", str(mask)]
+    args += ["--prompt", "a red circle", "--n_samples", "2", "--steps", "3", "--seed", "3", "--device", "cpu"]
+    drawn = read_pngs(run([*args, "--outdir", str(tmp_path / "drawn")]))
+    pasted = read_pngs(run([*args, "--paste-back", "--outdir", str(tmp_path / "pasted")]))
+    inside = np.zeros((2, 32, 32, 3), dtype=bool)
+    inside[:, 8:24, 8:24] = True
+    given = np.broadcast_to(np.asarray(Image.open(image)), (2, 32, 32, 3))
+    assert np.array_equal(pasted[~inside], given[~inside]) and np.array_equal(pasted[inside], drawn[inside])
+    assert not np.array_equal(drawn[~inside], given[~inside])
+    soft = read_pngs(run([*args, "--paste-back", "2", "--outdir", str(tmp_path / "soft")]))
+    assert np.array_equal(soft[:, :, :2], given[:, :, :2]) and np.array_equal(soft[inside], drawn[inside])
+    assert not np.array_equal(soft[:, :, 7], given[:, :, 7])  # the column beside the mask is blended
+
+
 def test_image_conditioned_input_errors(sr_ckpt, inpaint_ckpt, ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LDM_FULL_ERROR", raising=False)
     image = write_png(tmp_path / "in.png", (32, 32), (4, 4, 20, 20))
@@ -317,6 +334,8 @@ def test_image_conditioned_input_errors(sr_ckpt, inpaint_ckpt, ckpt, tmp_path, c
     line = one_error_line(capsys, [*inpaint, "--init-img", str(odd), "--mask", str(odd_mask)])
     assert "image size 33x33 is not divisible by the autoencoder factor 2" in line
     upscale = ["upscale", "--ckpt", str(sr_ckpt), "--init-img", str(tmp_path / "in.png"), *out]
+    paste = ["--init-img", str(image), "--mask", str(image), "--paste-back", "-1"]
+    assert "--paste-back takes a mask blur >= 0 pixels, got -1" in one_error_line(capsys, [*inpaint, *paste])
     line = one_error_line(capsys, [*upscale, "--noise-level", "1000"])
     assert "--noise-level must be in [0, 999], got 1000" in line
     line = one_error_line(capsys, ["upscale", "--ckpt", str(ckpt), "--init-img", str(image), *out])
